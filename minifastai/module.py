@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LoadResult', 'Parameter', 'HookHandle', 'Module', 'print_stats', 'print_shape', 'hooks']
 
-# %% ../nbs/01_module.ipynb #bdb94a16
+# %% ../nbs/01_module.ipynb #ef05070a
 from collections import namedtuple
 from itertools import count
 import copy
@@ -13,7 +13,7 @@ from fastcore.basics import patch
 import torch
 from torch import Tensor, nn
 
-# %% ../nbs/01_module.ipynb #4987e80a
+# %% ../nbs/01_module.ipynb #0bd1cf23
 class Parameter(Tensor):
     "A tensor that is a trainable weight of a `Module`: it requires grad and marks itself for registration"
     __torch_function__ = torch._C._disabled_torch_function_impl
@@ -28,7 +28,7 @@ class Parameter(Tensor):
 
     def __reduce_ex__(self, proto): return Parameter, (self.data, self.requires_grad)
 
-# %% ../nbs/01_module.ipynb #f37fe40d
+# %% ../nbs/01_module.ipynb #c2d29bc7
 class HookHandle:
     "Removes the hook it was returned for; also a context manager"
     _ids = count()
@@ -37,7 +37,7 @@ class HookHandle:
     def __enter__(self): return self
     def __exit__(self, *args): self.remove()
 
-# %% ../nbs/01_module.ipynb #30d0db75
+# %% ../nbs/01_module.ipynb #7d176e56
 def _is_param(v): return isinstance(v, (Parameter, nn.Parameter))
 def _is_module(v): return isinstance(v, (Module, nn.Module))
 
@@ -89,7 +89,7 @@ class Module:
         "Call `fn(output, inputs)` after each `forward`; returns a handle with `remove()`"
         return HookHandle(self._hooks, fn)
 
-# %% ../nbs/01_module.ipynb #ba063cba
+# %% ../nbs/01_module.ipynb #d9e6b1e8
 def _named(m, kind, prefix=''):
     "Pairs (dotted name, tensor) of `kind` ('params' or 'buffers') in `m` and its descendants"
     if isinstance(m, nn.Module):
@@ -103,7 +103,7 @@ def _unique(pairs):
     for k, v in pairs:
         if id(v) not in seen: seen.add(id(v)); yield k, v
 
-# %% ../nbs/01_module.ipynb #140ceff0
+# %% ../nbs/01_module.ipynb #d9cef332
 @patch
 def named_parameters(self:Module):
     "List of (name, parameter), each parameter once"
@@ -126,7 +126,7 @@ def modules(self:Module):
     yield self
     for c in self.children: yield from c.modules()
 
-# %% ../nbs/01_module.ipynb #d1cfd4d5
+# %% ../nbs/01_module.ipynb #5dcf595f
 @patch(as_prop=True)
 def training(self:Module): return self._training
 
@@ -148,7 +148,7 @@ def zero_grad(self:Module):
     "Forget the gradients of all parameters"
     for p in self.parameters(): p.grad = None
 
-# %% ../nbs/01_module.ipynb #ce3ea9cc
+# %% ../nbs/01_module.ipynb #93ac0032
 def print_stats(outp, inp):
     "Hook: print the mean and std of a layer's output"
     print(f'{outp.mean().item():.4f} {outp.std().item():.4f}')
@@ -165,7 +165,7 @@ class hooks:
     def __enter__(self): return self
     def __exit__(self, *args): self.remove()
 
-# %% ../nbs/01_module.ipynb #78eae477
+# %% ../nbs/01_module.ipynb #fad2e169
 def _parse_to(*args, device=None, dtype=None, non_blocking=False, memory_format=None):
     for a in args:
         if isinstance(a, torch.dtype): dtype = a
@@ -196,7 +196,7 @@ def cuda(self:Module, device=None): return self.to('cuda' if device is None else
 @patch
 def cpu(self:Module): return self.to('cpu')
 
-# %% ../nbs/01_module.ipynb #b3493844
+# %% ../nbs/01_module.ipynb #ab37e2dd
 def _state(m):
     "The actual tensors (parameters and buffers) of `m`, by dotted name"
     if isinstance(m, nn.Module): return m.state_dict(keep_vars=True)
@@ -229,7 +229,7 @@ def load_state_dict(self:Module, sd, strict=True):
             if k in sd: v.copy_(sd[k])
     return res
 
-# %% ../nbs/01_module.ipynb #d2c0323d
+# %% ../nbs/01_module.ipynb #f7228119
 def _indent(s): return s.replace('\n', '\n  ')
 
 @patch
@@ -239,7 +239,7 @@ def extra_repr(self:Module):
 
 @patch
 def __repr__(self:Module):
-    name = type(self).__name__
-    if not self._modules: return f'{name}({self.extra_repr()})'
-    lines = [f'  ({k}): {_indent(repr(c))}' for k, c in self._modules.items()]
+    name,extra = type(self).__name__,self.extra_repr()
+    if not self._modules: return f'{name}({extra})'
+    lines = ([f'  {extra}'] if extra else []) + [f'  ({k}): {_indent(repr(c))}' for k, c in self._modules.items()]
     return f'{name}(\n' + '\n'.join(lines) + '\n)'
