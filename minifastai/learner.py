@@ -7,7 +7,7 @@ __all__ = ['EVENTS', 'SGD', 'TorchOpt', 'torch_opt', 'CancelFitException', 'Canc
            'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB',
            'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #ca0d289e
+# %% ../nbs/04_learner.ipynb #80016854
 import os, re, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from fastprogress.core import format_time
 from .data import default_device, to_device
 
-# %% ../nbs/04_learner.ipynb #a7038bf8
+# %% ../nbs/04_learner.ipynb #fc7cc48b
 class SGD:
     "SGD with weight decay `wd` and momentum `mom`: `v = mom*v + (g + wd*p); p -= lr*v` (`v = g + wd*p` when `mom=0`)"
     def __init__(self, params, lr, wd=0., mom=0.):
@@ -53,7 +53,7 @@ class SGD:
         self.lr, self.wd, self.mom = sd['lr'], sd['wd'], sd['mom']
         self.vs = [None if v is None else v.to(p.device) for v, p in zip(vs, self.params)]
 
-# %% ../nbs/04_learner.ipynb #d420d356
+# %% ../nbs/04_learner.ipynb #a7aa53fe
 class TorchOpt(GetAttr):
     "A `torch.optim` optimizer whose learning rate and momentum read and write as `.lr` and `.mom`"
     _default = 'opt'
@@ -84,7 +84,7 @@ def torch_opt(cls, wd=0., **kwargs):
     def _opt_func(params, lr): return TorchOpt(cls(params, lr=lr, weight_decay=wd, **kwargs))
     return _opt_func
 
-# %% ../nbs/04_learner.ipynb #f3c2bcc0
+# %% ../nbs/04_learner.ipynb #64afadd6
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss',
           'after_backward', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
 
@@ -95,7 +95,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of this batch; `after_batch` still runs"
 
-# %% ../nbs/04_learner.ipynb #d75d46a4
+# %% ../nbs/04_learner.ipynb #cf1f6979
 class Callback(GetAttr):
     "Base class of callbacks: reads the learner's attributes as its own (`self.model` is `self.learner.model`)"
     _default, order = 'learner', 0
@@ -104,8 +104,10 @@ class Callback(GetAttr):
     def name(self): return camel2snake(re.sub(r'(CB|Callback)$', '', type(self).__name__))
 
     def __getattr__(self, k):
-        if k in EVENTS: raise AttributeError(k)
-        return super().__getattr__(k)
+        if k.startswith('_') or k in EVENTS or k == 'learner': raise AttributeError(k)
+        learner = self.__dict__.get('learner')
+        if learner is None: raise AttributeError(f"{type(self).__name__} has no `{k}`, and no learner to ask for it")
+        return getattr(learner, k)
 
     def __setattr__(self, k, v):
         learner = self.__dict__.get('learner')
@@ -114,7 +116,7 @@ class Callback(GetAttr):
                                  f"without changing it: write `self.learner.{k} = ...` instead")
         super().__setattr__(k, v)
 
-# %% ../nbs/04_learner.ipynb #2e50fee4
+# %% ../nbs/04_learner.ipynb #a915d414
 def _set_mode(model, train):
     "Put `model` in training or evaluation mode (`model.train(flag)`; else the chapter's `training` flag)"
     if callable(getattr(model, 'train', None)): model.train(train)
@@ -137,7 +139,7 @@ class Learner:
         if fs is None: fs = self._handlers[name] = [f for cb in self.cbs if (f := getattr(cb, name, None))]
         for f in fs: f()
 
-# %% ../nbs/04_learner.ipynb #c6bfa7e1
+# %% ../nbs/04_learner.ipynb #1089e5ba
 @patch
 def add_cb(self:Learner, cb):
     cb.learner = self
@@ -162,7 +164,7 @@ def add_cbs(self:Learner, cbs):
 def remove_cbs(self:Learner, cbs):
     for cb in listify(cbs): self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #37bf9127
+# %% ../nbs/04_learner.ipynb #6011e40c
 @patch
 def one_batch(self:Learner):
     "Predict, compute the loss and, while training, step; `CancelBatchException` skips to `after_batch`"
@@ -196,7 +198,7 @@ def one_epoch(self:Learner, train, dl=None):
     except CancelEpochException: pass
     self('after_epoch')
 
-# %% ../nbs/04_learner.ipynb #057feef5
+# %% ../nbs/04_learner.ipynb #66911420
 @patch
 def _run(self:Learner, n_epochs, body, cbs=None):
     "Add `cbs` for this call, run `before_fit`, `body()`, then `after_fit` whatever happens"
@@ -227,7 +229,7 @@ def fit(self:Learner, n_epochs, cbs=None):
             self.one_epoch(False)
     self._run(n_epochs, _epochs, cbs)
 
-# %% ../nbs/04_learner.ipynb #dce0fd76
+# %% ../nbs/04_learner.ipynb #118ac503
 class SetupLearnerCB(Callback):
     "Move the model and each batch to `device` (default: CUDA if available), and apply `dls.tfm_x` to the inputs"
     order = -10
@@ -242,7 +244,7 @@ class SetupLearnerCB(Callback):
         tfm = getattr(self.dls, 'tfm_x', None)
         self.learner.batch = (tfm(xb) if tfm else xb), yb
 
-# %% ../nbs/04_learner.ipynb #0e84df54
+# %% ../nbs/04_learner.ipynb #1fa5cc91
 class TrackResults(Callback):
     "Print `epoch, training, loss, accuracy` after each phase (the chapter's rows)"
     def before_epoch(self): self.accs, self.losses, self.ns = [], [], []
@@ -258,7 +260,7 @@ class TrackResults(Callback):
         n = sum(self.ns)
         print(self.epoch, self.model.training, sum(self.losses).item() / n, sum(self.accs).item() / n)
 
-# %% ../nbs/04_learner.ipynb #357f9bd0
+# %% ../nbs/04_learner.ipynb #e71419d8
 def accuracy(preds, targs):
     "Fraction of rows of `preds` whose largest value is at the index `targs`"
     return (preds.argmax(dim=1) == targs).float().mean()
@@ -270,7 +272,7 @@ def _weighted_means(vals, ns, k):
     w = torch.tensor(ns, dtype=t.dtype, device=t.device)
     return ((t * w[:, None]).sum(0) / w.sum()).tolist()
 
-# %% ../nbs/04_learner.ipynb #4955c4ed
+# %% ../nbs/04_learner.ipynb #a9d82147
 class Recorder(Callback):
     "Keep the loss and `lr` of each training batch and, after each epoch, `[epoch, train_loss, valid_loss, *metrics, time]`"
     order = 50
@@ -301,7 +303,7 @@ class Recorder(Callback):
         self.valid_iters.append(len(self.losses))
         self._train_loss = None
 
-# %% ../nbs/04_learner.ipynb #ad3410c5
+# %% ../nbs/04_learner.ipynb #5ea55555
 def _ax(ax):
     import matplotlib.pyplot as plt
     return ax if ax is not None else plt.subplots()[1]
@@ -322,7 +324,7 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #118af09b
+# %% ../nbs/04_learner.ipynb #52b3adf9
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
 class ProgressCB(Callback):
@@ -362,7 +364,7 @@ class ProgressCB(Callback):
         train = [list(range(len(r.losses))), torch.stack(r.losses).float().cpu().tolist() if r.losses else []]
         self.mbar.update_graph([train, [r.valid_iters, [v[2] for v in r.values]]])
 
-# %% ../nbs/04_learner.ipynb #91c0e7f9
+# %% ../nbs/04_learner.ipynb #782e518e
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
     if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
@@ -379,7 +381,7 @@ def _check_shapes(own, saved, fn):
         if v.shape != saved[k].shape:
             raise ValueError(f"{fn} does not fit this model: `{k}` has shape {tuple(saved[k].shape)}, the model's {tuple(v.shape)}")
 
-# %% ../nbs/04_learner.ipynb #736ffc50
+# %% ../nbs/04_learner.ipynb #c8450f29
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
@@ -412,7 +414,7 @@ def load(self:Learner, name, with_opt=True):
     self.iter = state['iter']
     return self
 
-# %% ../nbs/04_learner.ipynb #8c10050e
+# %% ../nbs/04_learner.ipynb #2b7f72c4
 class _GatherPreds(Callback):
     "Collect the predictions and targets of every batch"
     order = 100
@@ -443,7 +445,7 @@ def validate(self:Learner, dl=None, metrics=None):
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
 
-# %% ../nbs/04_learner.ipynb #3afd4d4b
+# %% ../nbs/04_learner.ipynb #76b7cfd1
 class MixedPrecisionCB(Callback):
     "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
     order = 10
