@@ -7,7 +7,7 @@ __all__ = ['image_extensions', 'URLs', 'minifastai_home', 'mirrored', 'download_
            'get_image_files', 'parent_label', 'load_image', 'image2tensor', 'Dataset', 'show_image', 'collate',
            'DataLoader', 'default_device', 'to_device', 'Normalize', 'DataLoaders', 'show_batch']
 
-# %% ../nbs/00_data.ipynb #98c07f90
+# %% ../nbs/00_data.ipynb #895e8b49
 import os, pickle, signal, shutil, tarfile, tempfile, traceback, urllib.request, warnings, weakref
 import multiprocessing as mp
 from multiprocessing.connection import wait
@@ -19,7 +19,7 @@ from fastcore.basics import first
 from fastcore.foundation import L
 from fastprogress.fastprogress import progress_bar
 
-# %% ../nbs/00_data.ipynb #04652901
+# %% ../nbs/00_data.ipynb #7048e883
 class URLs:
     "Public addresses of the datasets (the names fastai uses)."
     S3_IMAGECLAS = 'https://s3.amazonaws.com/fast-ai-imageclas/'
@@ -36,7 +36,7 @@ def mirrored(url):
     mirror = os.environ.get('MINIFASTAI_MIRROR')
     return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}" if mirror else url
 
-# %% ../nbs/00_data.ipynb #494dd2fe
+# %% ../nbs/00_data.ipynb #a086923b
 def _fail(msg, e):
     "An `OSError` carrying `msg` (which names the URL or file) and the original error `e`."
     return OSError(f'{msg}: {type(e).__name__}: {e}')
@@ -69,7 +69,7 @@ def download_url(url, dest):
         raise _fail(f'download of {url} failed', e) from e
     return dest
 
-# %% ../nbs/00_data.ipynb #4ee8497d
+# %% ../nbs/00_data.ipynb #0ce2c1cf
 def extract_archive(archive, dest):
     "Safely extract the tar `archive` to the folder `dest` through a temporary folder; returns `dest`."
     archive, dest = Path(archive), Path(dest)
@@ -101,7 +101,7 @@ def untar_data(url):
         archive.unlink(missing_ok=True)  # a corrupt download: fetch it again next time
         raise
 
-# %% ../nbs/00_data.ipynb #5f41a11e
+# %% ../nbs/00_data.ipynb #e1055ad6
 image_extensions = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp'}
 
 def get_image_files(path, folders=None):
@@ -115,12 +115,12 @@ def get_image_files(path, folders=None):
             res += [Path(d)/f for f in sorted(files) if Path(f).suffix.lower() in image_extensions]
     return L(res)
 
-# %% ../nbs/00_data.ipynb #d104a7ef
+# %% ../nbs/00_data.ipynb #806bbab9
 def parent_label(fn):
     "The label of `fn`: the name of the folder holding it."
     return Path(fn).parent.name
 
-# %% ../nbs/00_data.ipynb #f1a262b5
+# %% ../nbs/00_data.ipynb #b733e282
 def load_image(fn, size):
     "Open `fn` as an RGB `size`x`size` PIL image, letting the JPEG decoder downscale (draft mode)."
     try:
@@ -132,6 +132,10 @@ def load_image(fn, size):
 def image2tensor(im):
     "A PIL image as a `uint8` HWC tensor (without going through numpy)."
     return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, -1)
+
+def _to_float(x):
+    "Pixels as floats in [0,1]: `uint8` tensors are scaled by 1/255, float tensors are returned as they are."
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 class Dataset:
     "Image files `fns` -> (`size`x`size`x3 float tensor in [0,1], label tensor via `v2i`)."
@@ -146,9 +150,9 @@ class Dataset:
         return load_image(self.fns[i], self.size), self.v2i[parent_label(self.fns[i])]
     def __getitem__(self, i):
         im, y = self.get_raw(i)
-        return image2tensor(im).float() / 255, tensor(y)
+        return _to_float(image2tensor(im)), tensor(y)
 
-# %% ../nbs/00_data.ipynb #ec81ac2c
+# %% ../nbs/00_data.ipynb #558edca4
 def show_image(im, ax=None, figsize=(3, 3), title=None):
     "Show the image `im` (tensor HWC or CHW, float in [0,1] or uint8; or PIL image) on `ax`; returns `ax`."
     import matplotlib.pyplot as plt
@@ -162,7 +166,7 @@ def show_image(im, ax=None, figsize=(3, 3), title=None):
     ax.axis('off')
     return ax
 
-# %% ../nbs/00_data.ipynb #37ad73dc
+# %% ../nbs/00_data.ipynb #5fbb6cd8
 def _stack(items):
     "Stack a list of same-shaped tuples field by field: [(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))."
     return tuple(torch.stack(o) for o in zip(*items))
@@ -171,7 +175,7 @@ def collate(idxs, ds):
     "The batch of the items `ds[i]` for `i` in `idxs`."
     return _stack([ds[i] for i in idxs])
 
-# %% ../nbs/00_data.ipynb #2c0c17b4
+# %% ../nbs/00_data.ipynb #c3b4b0c1
 def _pack(items):
     "Torch-free batch of `(PIL image, int)` items: (pixel bytes, labels, NHWC shape)."
     buf = bytearray()
@@ -185,7 +189,7 @@ def _unpack(packed, dtype):
     "The `(x, y)` tensors of a `_pack`ed batch, `x` as `uint8` pixels or as floats in [0,1]."
     buf, ys, shape = packed
     x = torch.frombuffer(buf, dtype=torch.uint8).view(shape)
-    return (x if dtype == torch.uint8 else x.to(dtype).div_(255)), tensor(ys)
+    return (x if dtype == torch.uint8 else _to_float(x).to(dtype)), tensor(ys)
 
 def _get(ds, i, raw):
     "Item `i` of `ds` (via `get_raw` if `raw`); an error gets a note naming the item."
@@ -199,7 +203,7 @@ def _load(ds, idxs, raw):
     items = [_get(ds, i, raw) for i in idxs]
     return _pack(items) if raw else _stack(items)
 
-# %% ../nbs/00_data.ipynb #1f53c761
+# %% ../nbs/00_data.ipynb #51ec8e1d
 class _RemoteTraceback(Exception):
     "The traceback of an exception raised in a worker process, to chain to its re-raise in the main process."
     def __str__(self): return self.args[0]
@@ -231,7 +235,7 @@ def _stop(procs, conns):
     for c in conns: c.close()
     procs.clear(); conns.clear()
 
-# %% ../nbs/00_data.ipynb #1c13d39c
+# %% ../nbs/00_data.ipynb #59b64e8e
 class _Workers:
     "`n` forked processes serving batches of `ds` in order, each over its own pipe."
     def __init__(self, ds, n, raw, prefetch=2, timeout=None):
@@ -276,7 +280,7 @@ class _Workers:
 
     def close(self): self._finalize()
 
-# %% ../nbs/00_data.ipynb #79d204b0
+# %% ../nbs/00_data.ipynb #658ddcef
 class DataLoader:
     "Batches of `bs` items of `ds`, optionally shuffled, loaded by `n_workers` persistent processes (0: in-process)."
     def __init__(self, ds, bs=128, shuffle=False, n_workers=1, drop_last=False, seed=None,
@@ -320,7 +324,7 @@ class DataLoader:
         if self.workers is not None: self.workers.close()
         self.workers = None
 
-# %% ../nbs/00_data.ipynb #e20399c8
+# %% ../nbs/00_data.ipynb #d9125f41
 def default_device():
     "The device we train on: CUDA when available, else the CPU."
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -333,7 +337,7 @@ def to_device(b, device=None, non_blocking=False):
     if isinstance(b, (list, tuple)): return type(b)(to_device(o, device, non_blocking) for o in b)
     return b
 
-# %% ../nbs/00_data.ipynb #9cbdc115
+# %% ../nbs/00_data.ipynb #cbe31a13
 class Normalize:
     "Subtract `stats[0]` and divide by `stats[1]` (per channel, the last axis), on the input's device."
     def __init__(self, stats): self.stats = stats
@@ -341,11 +345,7 @@ class Normalize:
         if x.device != self.stats[0].device: self.stats = to_device(self.stats, x.device)
         return (x - self.stats[0]) / self.stats[1]
 
-# %% ../nbs/00_data.ipynb #1fa9656a
-def _to_float(xb):
-    "Pixels as floats in [0,1]: uint8 batches are scaled by 1/255, float batches are returned as they are."
-    return xb.float().div_(255) if xb.dtype == torch.uint8 else xb
-
+# %% ../nbs/00_data.ipynb #3dac496f
 class DataLoaders:
     "The training and validation `DataLoader`s, the normalisation statistics, and the batch transform `tfm_x`."
     def __init__(self, *dls, stats=None): self.dls, self._stats, self._norm = dls, stats, None
@@ -368,7 +368,7 @@ class DataLoaders:
         "Stop the loaders' worker processes."
         for dl in self.dls: dl.close()
 
-# %% ../nbs/00_data.ipynb #2812df3e
+# %% ../nbs/00_data.ipynb #5a443d47
 def show_batch(b, vocab=None, n=9, ncols=3, size=2.5):
     "Show the first `n` images of the batch `b` = `(xb, yb)` in a grid, titled with their labels (through `vocab`)."
     import matplotlib.pyplot as plt
