@@ -5,14 +5,18 @@
        uint8 items converted to float after collation (the fastest way we know to use it)
   (c)  the chapter's design: a new fork process pool per epoch mapping `collate` over the batches
   (d)  the limit: the same Dataset's __getitem__ in one process, times the number of cores
+  (d') the same limit measured with one process per core at once: on a busy machine (d) assumes cores
+       that other processes are using, and (d') does not
 
 Usage: MINIFASTAI_MIRROR=file:///path/to/data python bench/dataloader.py [--epochs 3] [--n_workers 2]
 Times include starting the workers. Epochs are interleaved across loaders, so load from other processes
-hits them alike; the ratios are what to compare.
+hits them alike; the ratios are what to compare. CPU ms/img (main process and workers together) does not
+depend on that load: it is what each image costs, wherever the time goes.
 """
 import os
 os.environ.setdefault('OMP_NUM_THREADS', '1')  # (c) forks after torch ops: with a multi-threaded pool it hangs
 import argparse, time
+import multiprocessing as mp
 import torch
 from fastcore.foundation import L
 from fastcore.parallel import ProcessPoolExecutor
@@ -36,18 +40,36 @@ class Uint8Items:
         im, y = self.ds.get_raw(i)
         return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, 3), torch.tensor(y)
 
-def epoch_time(dl, convert=False):
-    "Seconds to iterate `dl` once (converting uint8 batches to float when `convert`)."
-    start = time.perf_counter()
+def cpu_seconds():
+    "CPU seconds used so far by this process and its children, finished or running (Linux /proc)."
+    t, live = os.times(), 0.
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try: f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+        except OSError: continue
+        if int(f[1]) == os.getpid(): live += (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK')
+    return t.user + t.system + t.children_user + t.children_system + live
+
+def epoch_cost(dl, convert=False):
+    "(wall seconds, CPU seconds) to iterate `dl` once (converting uint8 batches to float when `convert`)."
+    start, cpu = time.perf_counter(), cpu_seconds()
     for xb, yb in dl:
         if convert: xb = xb.float() / 255
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
-def getitem_time(ds, m):
-    "Seconds for `ds[i]` over `m` items spread over the dataset, in this process."
-    start = time.perf_counter()
-    for i in range(0, len(ds), len(ds) // m): ds[i]
-    return time.perf_counter() - start
+def getitems(ds, idxs):
+    for i in idxs: ds[i]
+
+def getitem_cost(ds, m, procs=1):
+    "(wall seconds, CPU seconds) for `ds[i]` over `m` items in each of `procs` processes at once (1: this one)."
+    start, cpu = time.perf_counter(), cpu_seconds()
+    step = len(ds) // (m * procs)
+    if procs == 1: getitems(ds, range(0, len(ds), step))
+    else:
+        ps = [mp.get_context('fork').Process(target=getitems, args=(ds, range(k, len(ds), step * procs)))
+              for k in range(0, step * procs, step)]
+        for p in ps: p.start()
+        for p in ps: p.join()
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,15 +91,20 @@ def main():
         '(b) torch DataLoader, uint8 items -> float': (tl(Uint8Items(ds), bs, shuffle=True, num_workers=nw, persistent_workers=True), True),
         "(c) chapter's per-epoch pool": (ChapterDataLoader(ds, bs, shuffle=True, n_workers=nw), False)}
     limit = f'(d) limit: __getitem__ in 1 process x {cores} cores'
-    secs, m = {name: [] for name in [*loaders, limit]}, 1000
+    limit_par = f"(d') __getitem__ in {cores} processes at once"
+    costs, m = {name: [] for name in [*loaders, limit, limit_par]}, 1000  # name: [(wall, cpu) seconds per image]
     for epoch in range(a.epochs):  # interleaved, so that load from other processes hits every loader alike
-        for name, (dl, convert) in loaders.items(): secs[name].append(epoch_time(dl, convert) / n)
-        secs[limit].append(getitem_time(ds, m) / m / cores)
-    rates = {name: (len(s) / sum(s), 1 / min(s)) for name, s in secs.items()}  # (all epochs, best epoch)
-    ours = next(iter(rates.values()))
+        for name, (dl, convert) in loaders.items(): costs[name].append([t / n for t in epoch_cost(dl, convert)])
+        w, u = getitem_cost(ds, m)
+        costs[limit].append([w / m / cores, u / m])
+        costs[limit_par].append([t / (m * cores) for t in getitem_cost(ds, m, cores)])
+    rows = {name: (len(c) / sum(w for w, _ in c), 1 / min(w for w, _ in c), 1000 * sum(u for _, u in c) / len(c))
+            for name, c in costs.items()}  # img/s over all epochs, img/s in the best epoch, CPU ms per image
+    ours = next(iter(rows.values()))
     print(f'Imagenette-160 train ({n:,} images) at {a.size}px, bs {bs}, {nw} workers, {a.epochs} epochs '
           f'(startup included), {cores} cores, load average {os.getloadavg()[0]:.1f} at the end')
-    print(f'{"loader":50} {"img/s":>7} {"(a) float / this":>17} {"best epoch img/s":>17} {"ratio":>6}')
-    for name, (r, b) in rates.items(): print(f'{name:50} {r:7,.0f} {ours[0] / r:17.2f} {b:17,.0f} {ours[1] / b:6.2f}')
+    print(f'{"loader":50} {"img/s":>7} {"(a)/this":>8} {"best epoch":>10} {"(a)/this":>8} {"CPU ms/img":>10}')
+    for name, (r, b, c) in rows.items():
+        print(f'{name:50} {r:7,.0f} {ours[0] / r:8.2f} {b:10,.0f} {ours[1] / b:8.2f} {c:10.3f}')
 
 if __name__ == '__main__': main()
