@@ -6,7 +6,7 @@
 __all__ = ['ConvLayer', 'Linear', 'Sequential', 'AdaptivePool', 'MaxPool', 'simple_cnn', 'BatchNormFunction', 'BatchNorm',
            'ResBlock', 'resnet18', 'resnet_small']
 
-# %% ../nbs/02_layers.ipynb #fbbb7cb2
+# %% ../nbs/02_layers.ipynb #975d6133
 import math
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from .module import *
 
-# %% ../nbs/02_layers.ipynb #1646c8ec
+# %% ../nbs/02_layers.ipynb #04a051d5
 class ConvLayer(Module):
     "`ks`x`ks` convolution (padding `ks//2`), then optional `BatchNorm`, then optional ReLU"
     def __init__(self, ni, nf, stride=1, bias=True, act=True, ks=3, bn=False):
@@ -34,7 +34,7 @@ class ConvLayer(Module):
         nf,ni,ks,_ = self.w.shape
         return f'{ni}, {nf}, ks={ks}, stride={self.stride}, bias={self.b is not None}, act={self.act}'
 
-# %% ../nbs/02_layers.ipynb #afba6fc5
+# %% ../nbs/02_layers.ipynb #b910b675
 class Linear(Module):
     "Fully connected layer: `x @ w.t() + b`"
     def __init__(self, ni, nf, bias=True):
@@ -45,7 +45,7 @@ class Linear(Module):
 
     def forward(self, x): return F.linear(x, self.w, self.b)
 
-# %% ../nbs/02_layers.ipynb #095ab98f
+# %% ../nbs/02_layers.ipynb #6becb6a2
 class Sequential(Module):
     "Apply `layers` in order"
     def __init__(self, *layers):
@@ -60,7 +60,7 @@ class Sequential(Module):
     def __getitem__(self, i): return self.layers[i]
     def __len__(self): return len(self.layers)
 
-# %% ../nbs/02_layers.ipynb #bb6f0b4f
+# %% ../nbs/02_layers.ipynb #1aa42200
 class AdaptivePool(Module):
     "Average over the spatial dimensions: (n, c, h, w) -> (n, c)"
     def forward(self, x): return x.mean((2, 3))
@@ -73,7 +73,7 @@ class MaxPool(Module):
     def forward(self, x): return F.max_pool2d(x, self.ks, self.stride, self.padding)
     def extra_repr(self): return f'ks={self.ks}, stride={self.stride}'
 
-# %% ../nbs/02_layers.ipynb #62997ad6
+# %% ../nbs/02_layers.ipynb #274dd096
 def simple_cnn(n_out=10):
     "The book's CNN: four stride-2 `ConvLayer`s, pooling and a `Linear` layer"
     return Sequential(
@@ -84,7 +84,7 @@ def simple_cnn(n_out=10):
         AdaptivePool(),
         Linear(128, n_out))
 
-# %% ../nbs/02_layers.ipynb #7ff0eaf6
+# %% ../nbs/02_layers.ipynb #3d401a42
 def _chan(t): return t[:, None, None]
 
 def _chan_sumsq(a):
@@ -102,25 +102,26 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, eps):
         n = x.numel() // x.shape[1]
-        mean = x.mean((0, 2, 3))
+        mean = x.mean((0, 2, 3), dtype=torch.promote_types(x.dtype, torch.float32))
         xc = x - _chan(mean)
         var = _chan_sumsq(xc) / n
         invstd = (var + eps).rsqrt()
         ctx.save_for_backward(xc, w, invstd)
         ctx.mark_non_differentiable(mean, var)
-        return (xc * _chan(w * invstd)).add_(_chan(b)), mean, var
+        ctx.x_dtype = x.dtype
+        return (xc * _chan(w * invstd)).add_(_chan(b)).to(x.dtype), mean, var
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g, _gmean, _gvar):
         xc,w,invstd = ctx.saved_tensors
-        n = xc.numel() // xc.shape[1]
+        g,n = g.to(xc.dtype),xc.numel() // xc.shape[1]
         gsum,gxhat = g.sum((0, 2, 3)),_chan_dot(g, xc) * invstd
         s = w * invstd
         dx = (g * _chan(s)).addcmul_(xc, _chan(-s * invstd * gxhat / n)).add_(_chan(-s * gsum / n))
-        return dx, gxhat, gsum, None
+        return dx.to(ctx.x_dtype), gxhat.to(w.dtype), gsum.to(w.dtype), None
 
-# %% ../nbs/02_layers.ipynb #9806646e
+# %% ../nbs/02_layers.ipynb #006d4e30
 class BatchNorm(Module):
     "Batch normalization over the channels of (n, c, h, w) inputs, with running statistics for eval"
     def __init__(self, nf, eps=1e-5, mom=0.1):
@@ -138,7 +139,7 @@ class BatchNorm(Module):
     def forward(self, x):
         if not self.training:
             s = self.w * (self.running_var + self.eps).rsqrt()
-            return (x * _chan(s)).add_(_chan(self.b - self.running_mean * s))
+            return (x * _chan(s)).add_(_chan(self.b - self.running_mean * s)).to(x.dtype)
         n = x.numel() // x.shape[1]
         if n == 1: raise ValueError(f'BatchNorm needs more than one value per channel in training, got {tuple(x.shape)}')
         y,mean,var = BatchNormFunction.apply(x, self.w, self.b, self.eps)
@@ -147,7 +148,7 @@ class BatchNorm(Module):
 
     def extra_repr(self): return f'{len(self.w)}, eps={self.eps}, mom={self.mom}'
 
-# %% ../nbs/02_layers.ipynb #ab541030
+# %% ../nbs/02_layers.ipynb #e1403712
 class ResBlock(Module):
     "torchvision's BasicBlock: `relu(convs(x) + shortcut(x))`, with two 3x3 conv+batchnorm layers"
     def __init__(self, ni, nf, stride=1):
@@ -162,7 +163,7 @@ class ResBlock(Module):
         res += x if self.idconv is None else self.idconv(x)
         return F.relu(res, inplace=True)
 
-# %% ../nbs/02_layers.ipynb #0dacfc62
+# %% ../nbs/02_layers.ipynb #0ce3ec98
 def _stage(ni, nf, stride, n_blocks): return [ResBlock(ni, nf, stride)] + [ResBlock(nf, nf) for _ in range(n_blocks - 1)]
 
 def resnet18(n_out=1000):
