@@ -11,7 +11,7 @@
 Usage: MINIFASTAI_MIRROR=file:///path/to/data python bench/dataloader.py [--epochs 3] [--n_workers 2]
 Times include starting the workers. Epochs are interleaved across loaders, so load from other processes
 hits them alike; the ratios are what to compare. CPU ms/img (main process and workers together) does not
-depend on that load: it is what each image costs, wherever the time goes.
+depends much less on that load: it is what each image costs, wherever the time goes.
 """
 import os
 os.environ.setdefault('OMP_NUM_THREADS', '1')  # (c) forks after torch ops: with a multi-threaded pool it hangs
