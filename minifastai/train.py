@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['ARCHS', 'decode_cache', 'crop_thetas', 'center_thetas', 'affine_crop', 'DeviceLoader', 'CachedDataLoaders',
            'cache_stats', 'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed',
-           'ResumeAt', 'SaveEachEpoch', 'make_learner', 'find_lr', 'run', 'get_parser', 'main']
+           'ResumeAt', 'RunLog', 'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #bab9de35
+# %% ../nbs/07_train.ipynb #bbf7a87c
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
@@ -20,9 +20,10 @@ from .layers import *
 from .loss import *
 from .learner import *
 from .schedulers import *
+from .schedulers import _copy_state, _restore_state
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #ef159239
+# %% ../nbs/07_train.ipynb #967fde9d
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -34,7 +35,7 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #64bb1540
+# %% ../nbs/07_train.ipynb #0829f11d
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -59,14 +60,14 @@ def center_thetas(n, crop=1.):
     s = torch.full((n,), float(crop))
     return _thetas(s, s, torch.zeros(n), torch.zeros(n))
 
-# %% ../nbs/07_train.ipynb #5abfffed
+# %% ../nbs/07_train.ipynb #fa266846
 def affine_crop(x, thetas, size):
     "Resample the NCHW batch `x` through the affine `thetas` into `size`x`size` float images."
     x = x.float()
     grid = F.affine_grid(thetas.to(x.device, x.dtype), (len(x), x.shape[1], size, size), align_corners=False)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #ca38aacc
+# %% ../nbs/07_train.ipynb #9922290a
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`, augmented on `device`."
     def __init__(self, x, y, bs, size, stats, train=False, seed=0, scale=(0.35, 1.), flip=True, crop=1., device=None):
@@ -94,7 +95,7 @@ class DeviceLoader:
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #8e265f8a
+# %% ../nbs/07_train.ipynb #946a07d1
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -117,7 +118,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, size, stats, train=True, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, size, stats, crop=crop, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #f922a4c6
+# %% ../nbs/07_train.ipynb #41231f91
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -141,7 +142,7 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #07cb3e09
+# %% ../nbs/07_train.ipynb #b9252abe
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -149,7 +150,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2), stats=cache_stats(first(train)[0].permute(0, 3, 1, 2)))
 
-# %% ../nbs/07_train.ipynb #2b16d099
+# %% ../nbs/07_train.ipynb #d7c1245b
 def _smooth(xs, beta=0.9):
     "Exponential moving average of `xs`, debiased (as the LR finder's loss)."
     avg, out = 0., []
@@ -174,7 +175,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #4750b48b
+# %% ../nbs/07_train.ipynb #d896d366
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -198,10 +199,10 @@ def _write_json(obj, fn):
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, fn)
 
-class SaveEachEpoch(Callback):
-    "After each epoch: checkpoint `model_dir/model.pth`, and append to the run `log`, written to `metrics.json`."
+class RunLog(Callback):
+    "After each epoch: append its metrics, losses and lrs to the run `log`, and snapshot the training state."
     order = 70
-    def __init__(self, log): self.log = log
+    def __init__(self, log): self.log, self.snapshot = log, None
     def before_fit(self): self.seen = 0
     def after_epoch(self):
         if self.training: return
@@ -211,10 +212,9 @@ class SaveEachEpoch(Callback):
         self.log['lrs'] += r.lrs[self.seen:]
         self.seen = len(r.losses)
         self.log['completed_epochs'] = self.epoch + 1
-        self.learner.save('model')
-        _write_json(self.log, self.model_dir/'metrics.json')
+        self.snapshot = _copy_state(self.learner)
 
-# %% ../nbs/07_train.ipynb #423f7f04
+# %% ../nbs/07_train.ipynb #a9ad1618
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
@@ -259,28 +259,33 @@ def run(args):
            else plain_dls(train_fns, valid_fns, v2i, **kw))
     _add_time(log, 'data_s', t0)
     torch.manual_seed(args.seed)
-    learn = make_learner(args, dls, len(v2i), device)
+    learn, runlog = make_learner(args, dls, len(v2i), device), RunLog(log)
     learn.model_dir = out
     try:
         if log.get('lr') is None: log['lr'] = find_lr(learn, out) if args.lr == 'find' else args.lr
         if start: learn.load('model')
-        cbs = [Recorder(accuracy), ProgressCB(), OneCycle(log['lr']), EpochSeed(args.seed), SaveEachEpoch(log),
+        cbs = [Recorder(accuracy), ProgressCB(), OneCycle(log['lr']), EpochSeed(args.seed), runlog,
                ResumeAt(start, args.epochs)] + ([Mixup(args.mixup)] if args.mixup else [])
         t1 = time.time()
         learn.fit(args.epochs - start, cbs=cbs)
         _add_time(log, 'fit_s', t1)
-    except KeyboardInterrupt: _interrupted(log, out, args.epochs)
+    except KeyboardInterrupt: _interrupted(learn, runlog.snapshot, log, out, args.epochs)
     finally: dls.close()
     _add_time(log, 'total_s', t0)
     log['finished'] = True
+    learn.save('model')
     _write_json(log, out/'metrics.json')
     save_plots(log, out)
     _summary(log, out)
     return log
 
-def _interrupted(log, out, n_epochs):
-    "Tell the user what Ctrl-C kept and how to continue, and exit with status 130 (as shells do for SIGINT)."
+def _interrupted(learn, snapshot, log, out, n_epochs):
+    "Save the state at the end of the last whole epoch, say how to continue, and exit with status 130 (SIGINT's)."
     done = log['completed_epochs']
+    if snapshot is not None:
+        _restore_state(learn, snapshot)
+        learn.save('model')
+        _write_json(log, out/'metrics.json')
     if done: print(f'\ninterrupted after {done}/{n_epochs} epochs; checkpoint {out/"model.pth"}. '
                    f'Continue with: minifastai-train --resume {out}', file=sys.stderr)
     else: print('\ninterrupted before the first epoch ended: nothing to resume', file=sys.stderr)
@@ -292,7 +297,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #60c7f148
+# %% ../nbs/07_train.ipynb #d4744480
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -354,5 +359,5 @@ def main(argv=None):
     try: run(args)
     except TrainError as e: p.error(str(e))
 
-# %% ../nbs/07_train.ipynb #b7df9739
+# %% ../nbs/07_train.ipynb #110f97c3
 if __name__ == '__main__' and '__file__' in globals(): main()
