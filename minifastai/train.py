@@ -7,7 +7,7 @@ __all__ = ['ARCHS', 'decode_cache', 'crop_thetas', 'center_thetas', 'affine_crop
            'cache_stats', 'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed',
            'ResumeAt', 'RunLog', 'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #bbf7a87c
+# %% ../nbs/07_train.ipynb #bba125ad
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from .schedulers import *
 from .schedulers import _copy_state, _restore_state
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #967fde9d
+# %% ../nbs/07_train.ipynb #4164c881
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -35,7 +35,7 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #0829f11d
+# %% ../nbs/07_train.ipynb #c4482291
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -60,14 +60,14 @@ def center_thetas(n, crop=1.):
     s = torch.full((n,), float(crop))
     return _thetas(s, s, torch.zeros(n), torch.zeros(n))
 
-# %% ../nbs/07_train.ipynb #fa266846
+# %% ../nbs/07_train.ipynb #82e28c8e
 def affine_crop(x, thetas, size):
     "Resample the NCHW batch `x` through the affine `thetas` into `size`x`size` float images."
     x = x.float()
     grid = F.affine_grid(thetas.to(x.device, x.dtype), (len(x), x.shape[1], size, size), align_corners=False)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #9922290a
+# %% ../nbs/07_train.ipynb #b14a059c
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`, augmented on `device`."
     def __init__(self, x, y, bs, size, stats, train=False, seed=0, scale=(0.35, 1.), flip=True, crop=1., device=None):
@@ -95,7 +95,7 @@ class DeviceLoader:
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #946a07d1
+# %% ../nbs/07_train.ipynb #10001d62
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -118,7 +118,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, size, stats, train=True, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, size, stats, crop=crop, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #41231f91
+# %% ../nbs/07_train.ipynb #1658c3b2
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -142,7 +142,7 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #b9252abe
+# %% ../nbs/07_train.ipynb #d612bc48
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -150,7 +150,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2), stats=cache_stats(first(train)[0].permute(0, 3, 1, 2)))
 
-# %% ../nbs/07_train.ipynb #d7c1245b
+# %% ../nbs/07_train.ipynb #3bc7869f
 def _smooth(xs, beta=0.9):
     "Exponential moving average of `xs`, debiased (as the LR finder's loss)."
     avg, out = 0., []
@@ -175,7 +175,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #d896d366
+# %% ../nbs/07_train.ipynb #5d818787
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -214,7 +214,7 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = _copy_state(self.learner)
 
-# %% ../nbs/07_train.ipynb #a9ad1618
+# %% ../nbs/07_train.ipynb #06be554e
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
@@ -297,7 +297,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #d4744480
+# %% ../nbs/07_train.ipynb #5e3e42f4
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -358,6 +358,9 @@ def main(argv=None):
     _check(p, args)
     try: run(args)
     except TrainError as e: p.error(str(e))
+    except KeyboardInterrupt:  # before training started (during the download or decoding)
+        print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
+        raise SystemExit(130)
 
-# %% ../nbs/07_train.ipynb #110f97c3
+# %% ../nbs/07_train.ipynb #2409af54
 if __name__ == '__main__' and '__file__' in globals(): main()

@@ -1,0 +1,149 @@
+"""Training benchmarks for minifastai-train (issue 6): wall time from raw JPEGs to the final valid accuracy.
+
+    python bench/train.py cpu      # (a) the chapter's recipe, fast path vs plain path; (b) the best CPU recipe
+    python bench/train.py repro    # (d) two runs with the same seed give the same metrics
+    python bench/train.py gpu --archive path/to/imagenette2-128.tgz   # (c) resnet18 128px vs plain PyTorch
+
+Each recipe runs the real command (`minifastai.train.main`) into a temporary folder and reads its
+metrics.json: decode = data setup (decoding into the cache, or the loaders' first setup), train = `fit`
+(epochs with validation), total = the whole command. CPU numbers need MINIFASTAI_MIRROR to point at a folder
+with imagenette2-160.tgz when there is no internet. The GPU peer is plain PyTorch (torch DataLoader with
+PIL random-resized-crop workers, torch.nn resnet18 written inline: torchvision is not a dependency),
+run in the same process so the ratio is on one card.
+"""
+import argparse, json, math, os, resource, sys, tempfile, time
+from pathlib import Path
+
+import torch
+from minifastai.train import main
+from minifastai.data import extract_archive
+
+CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, lr=0.1, bs=128, mom=0, wd=0, ls=0)
+CPU_RECIPES = {  # name: (arguments of minifastai-train, extra flags)
+    '(a) chapter recipe, fast path': (CHAPTER | {'min-scale': 1.0}, []),
+    '(a) chapter recipe, plain path': (CHAPTER, ['--no-fast']),
+    '(b) best CPU recipe': (dict(arch='resnet_small', size=64, epochs=5, lr=0.2), []),
+}
+GPU_RECIPE = dict(arch='resnet18', size=128, bs=256, lr=0.8, wd=5e-5, ls=0.1, device='cuda')
+
+def cpu_seconds():
+    "CPU time of this process and its finished children (decoding workers): a load-independent cost."
+    return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+def train(args, flags=(), data=None):
+    "Run minifastai-train with `args` into a temporary folder; return its metrics.json, with `cpu_s` added."
+    with tempfile.TemporaryDirectory() as d:
+        argv = [s for k, v in args.items() for s in (f'--{k}', str(v))] + list(flags) + ['--out', f'{d}/run']
+        if data is not None: argv += ['--data', str(data)]
+        c0 = cpu_seconds()
+        main(argv)
+        return json.loads(Path(d, 'run', 'metrics.json').read_text()) | {'cpu_s': cpu_seconds() - c0}
+
+def row(name, m):
+    t = m['time']
+    return [name, len(m['epochs']), t['data_s'], t['fit_s'], t['total_s'], m.get('cpu_s', float('nan')),
+            m['epochs'][-1]['accuracy']]
+
+def table(rows, ref=None):
+    print(f"\n{'recipe':<34} {'epochs':>6} {'decode s':>9} {'train s':>8} {'total s':>8} {'CPU s':>7} {'valid acc':>9}"
+          + ('  total vs ' + ref[0] if ref else ''))
+    for r in rows:
+        ratio = f'  {ref[4] / r[4]:.2f}x faster' if ref and r is not ref else ''
+        print(f'{r[0]:<34} {r[1]:>6} {r[2]:>9.1f} {r[3]:>8.1f} {r[4]:>8.1f} {r[5]:>7.1f} {r[6]:>9.4f}{ratio}')
+
+def cpu():
+    rows = [row(name, train(a, f)) for name, (a, f) in CPU_RECIPES.items()]
+    print(f'\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads')
+    table(rows, ref=rows[1])
+    print("(the chapter's own code on these machines: 155.7 s, 0.463; CPU s = CPU time of the process and its\n"
+          " decoding workers, which other load on the machine inflates less than wall time)")
+
+def repro():
+    a = dict(CHAPTER, epochs=2)
+    m1, m2 = train(a), train(a)
+    key = lambda m: [[e[k] for k in ('train_loss', 'valid_loss', 'accuracy')] for e in m['epochs']]
+    print(f'\nreproducibility: two 2-epoch runs, seed 0: {key(m1)} vs {key(m2)}: identical = {key(m1) == key(m2)}')
+
+# --- the plain PyTorch peer (GPU) -------------------------------------------------------------------
+import torch.nn as nn, torch.nn.functional as F
+from PIL import Image
+from minifastai.data import get_image_files, parent_label
+
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+
+class PeerDataset(torch.utils.data.Dataset):
+    "PIL decode, random resized crop (area 0.35-1, aspect 3/4-4/3) + flip when training, else resize; uint8 CHW."
+    def __init__(self, fns, v2i, size, train):
+        self.fns, self.v2i, self.size, self.train = fns, v2i, size, train
+    def __len__(self): return len(self.fns)
+    def __getitem__(self, i):
+        im = Image.open(self.fns[i]).convert('RGB')
+        if self.train:
+            w, h = im.size
+            s, r = torch.empty(1).uniform_(0.35, 1).item(), math.exp(torch.empty(1).uniform_(math.log(3/4), math.log(4/3)).item())
+            cw, ch = min(w, round(math.sqrt(s * r) * w)), min(h, round(math.sqrt(s / r) * h))
+            x0, y0 = torch.randint(0, w - cw + 1, ()).item(), torch.randint(0, h - ch + 1, ()).item()
+            im = im.resize((self.size, self.size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+            if torch.rand(()) < 0.5: im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        else: im = im.resize((self.size, self.size), Image.BILINEAR)
+        x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3).permute(2, 0, 1)
+        return x, self.v2i[parent_label(self.fns[i])]
+
+class Block(nn.Module):
+    def __init__(self, ni, nf, stride):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf)
+        self.c2, self.b2 = nn.Conv2d(nf, nf, 3, 1, 1, bias=False), nn.BatchNorm2d(nf)
+        self.down = (nn.Sequential(nn.Conv2d(ni, nf, 1, stride, bias=False), nn.BatchNorm2d(nf))
+                     if stride != 1 or ni != nf else nn.Identity())
+    def forward(self, x): return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + self.down(x))
+
+def torch_resnet18(n_out):
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    for ni, nf, s in [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]: layers += [Block(ni, nf, s), Block(nf, nf, 1)]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, n_out))
+
+def peer(path, epochs, bs=256, size=128, lr=3e-3, workers=None):
+    "Plain PyTorch: torch DataLoader, resnet18, AdamW one-cycle, label smoothing, bf16, channels_last."
+    t0, dev = time.time(), torch.device('cuda')
+    fns = {s: get_image_files(path/s) for s in ('train', 'val')}
+    v2i = {v: i for i, v in enumerate(sorted(set(map(parent_label, fns['train']))))}
+    kw = dict(num_workers=workers or os.cpu_count(), pin_memory=True, persistent_workers=True)
+    tdl = torch.utils.data.DataLoader(PeerDataset(fns['train'], v2i, size, True), bs, shuffle=True, drop_last=True, **kw)
+    vdl = torch.utils.data.DataLoader(PeerDataset(fns['val'], v2i, size, False), bs * 2, **kw)
+    torch.manual_seed(0)
+    model = torch_resnet18(len(v2i)).to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * len(tdl), pct_start=0.25)
+    mean, std = (MEAN * 255).view(1, 3, 1, 1).to(dev), (STD * 255).view(1, 3, 1, 1).to(dev)
+    prep = lambda x: ((x.to(dev, non_blocking=True).float() - mean) / std).contiguous(memory_format=torch.channels_last)
+    for _ in range(epochs):
+        model.train()
+        for x, y in tdl:
+            with torch.autocast('cuda', dtype=torch.bfloat16): loss = F.cross_entropy(model(prep(x)), y.to(dev), label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+        model.eval(); correct = 0
+        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+            for x, y in vdl: correct += (model(prep(x)).argmax(1).cpu() == y).sum().item()
+    total = time.time() - t0
+    return ['plain PyTorch resnet18', epochs, float('nan'), float('nan'), total, float('nan'), correct / len(vdl.dataset)]
+
+def gpu(archive):
+    if not torch.cuda.is_available(): sys.exit('bench/train.py gpu: no CUDA GPU here')
+    with tempfile.TemporaryDirectory() as d:
+        path = extract_archive(Path(archive), Path(d)/'data')
+        path = next(p for p in [path, *path.iterdir()] if (p/'train').is_dir())
+        rows = []
+        for epochs in (5, 20):
+            rows.append(row('minifastai resnet18, fast path', train(GPU_RECIPE | {'epochs': epochs}, data=path)))
+            rows.append(peer(path, epochs))
+        print(f'\nGPU: {torch.cuda.get_device_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__}')
+        table(rows[:2], ref=rows[1]); table(rows[2:], ref=rows[3])
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('what', choices=['cpu', 'repro', 'gpu'], nargs='+')
+    p.add_argument('--archive', default='data/imagenette2-128.tgz', help='imagenette2-128.tgz, for gpu')
+    a = p.parse_args()
+    for w in a.what: gpu(a.archive) if w == 'gpu' else globals()[w]()
