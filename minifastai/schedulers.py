@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['LRFinder', 'sched_lin', 'sched_cos', 'one_cycle_value', 'OneCycle']
 
-# %% ../nbs/05_schedulers.ipynb #4cf05d7a
+# %% ../nbs/05_schedulers.ipynb #4cf93e15
 import copy, math
 import torch
 from fastcore.basics import store_attr, patch, listify
 from .learner import Learner, Callback, CancelFitException, CancelEpochException
 
-# %% ../nbs/05_schedulers.ipynb #9f90ec0f
+# %% ../nbs/05_schedulers.ipynb #22668a0a
 def _copy_state(learn):
     "An in-memory copy of what training changes: the model's and optimiser's states, `lr` and `iter`"
     return {'model': {k: v.detach().clone() for k, v in learn.model.state_dict().items()},
@@ -25,7 +25,7 @@ def _restore_state(learn, state):
     else: learn.opt.load_state_dict(state['opt'])
     learn.lr, learn.iter = state['lr'], state['iter']
 
-# %% ../nbs/05_schedulers.ipynb #30797591
+# %% ../nbs/05_schedulers.ipynb #09c70ea8
 class LRFinder(Callback):
     "LR range test: lr from `start_lr`, x`mult` per training batch, until lr > `max_lr`, a NaN, or `div` x the best loss"
     def __init__(self, start_lr=1e-6, mult=1.2, max_lr=10, beta=0.9, div=4.): store_attr()
@@ -55,31 +55,26 @@ class LRFinder(Callback):
 
     def after_fit(self): _restore_state(self.learner, self.saved)
 
-# %% ../nbs/05_schedulers.ipynb #2d397436
+# %% ../nbs/05_schedulers.ipynb #95d153d2
 @patch(as_prop=True)
 def lr_min(self:LRFinder):
     "The learning rate at the minimum of the smoothed loss"
     return self.lrs[min(range(len(self.losses)), key=self.losses.__getitem__)]
 
 @patch(as_prop=True)
-def lr_steep(self:LRFinder):
-    "The learning rate where the smoothed loss falls fastest from one batch to the next"
-    drops = [b - a for a, b in zip(self.losses, self.losses[1:])]
-    return self.lrs[1 + min(range(len(drops)), key=drops.__getitem__)] if drops else self.lrs[0]
-
-@patch(as_prop=True)
 def suggestion(self:LRFinder):
     "The suggested learning rate: `lr_min / 10`"
     return self.lr_min / 10
 
-# %% ../nbs/05_schedulers.ipynb #aae0b891
+# %% ../nbs/05_schedulers.ipynb #1763c405
 @patch
-def plot(self:LRFinder, ax=None, skip_end=0):
-    "Smoothed loss against learning rate on a log axis, with the suggestion marked"
+def plot(self:LRFinder, ax=None):
+    "Smoothed loss against learning rate on a log axis, with the suggestion marked (the explosion is cut at 2x the first loss)"
     import matplotlib.pyplot as plt
     if ax is None: ax = plt.subplots(figsize=(5, 3.5))[1]
-    lrs, losses = self.lrs[:len(self.lrs) - skip_end], self.losses[:len(self.losses) - skip_end]
-    ax.plot(lrs, losses); ax.set_xscale('log')
+    ax.plot(self.lrs, self.losses); ax.set_xscale('log')
+    lo, hi = min(self.losses), min(max(self.losses), 2 * self.losses[0])
+    ax.set_ylim(lo - 0.05 * (hi - lo), hi)
     ax.set_xlabel('learning rate (log scale)'); ax.set_ylabel('smoothed loss')
     ax.axvline(self.suggestion, color='C1', ls='--', label=f'suggestion (lr_min/10): {self.suggestion:.2g}')
     ax.plot([self.lr_min], [min(self.losses)], 'o', color='C1', label=f'lr_min: {self.lr_min:.2g}')
@@ -96,7 +91,7 @@ def lr_find(self:Learner, start_lr=1e-6, max_lr=10, plot=True, **kwargs):
     self.lr_finder = finder
     return finder.suggestion
 
-# %% ../nbs/05_schedulers.ipynb #51bacc6a
+# %% ../nbs/05_schedulers.ipynb #0691d7ff
 def sched_lin(start, end, pct):
     "Linear annealing from `start` (pct=0) to `end` (pct=1)"
     return start + (end - start) * pct
@@ -110,7 +105,7 @@ def one_cycle_value(pct, start, peak, end, pct_start=0.25, anneal=sched_lin):
     if pct < pct_start: return anneal(start, peak, pct / pct_start)
     return anneal(peak, end, (pct - pct_start) / (1 - pct_start))
 
-# %% ../nbs/05_schedulers.ipynb #ef4555c0
+# %% ../nbs/05_schedulers.ipynb #c446b874
 def _has_mom(opt): return bool(getattr(opt, 'mom', 0))
 
 class OneCycle(Callback):
@@ -133,7 +128,7 @@ class OneCycle(Callback):
 
     def _at(self, pct, start, peak, end): return one_cycle_value(pct, start, peak, end, self.pct_start, self.anneal)
 
-# %% ../nbs/05_schedulers.ipynb #89972f6d
+# %% ../nbs/05_schedulers.ipynb #6ce5cb4b
 @patch
 def plot(self:OneCycle, figsize=(8, 3)):
     "The learning rates (and momentums) set during the last fit, per training batch"
