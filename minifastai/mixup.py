@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['Mixup']
 
-# %% ../nbs/06_mixup.ipynb #ec231ace
+# %% ../nbs/06_mixup.ipynb #1172cf3d
 import torch
 from torch.distributions import Beta
 from fastcore.basics import store_attr
 from .learner import Callback
 
-# %% ../nbs/06_mixup.ipynb #4294b8a8
+# %% ../nbs/06_mixup.ipynb #90dfa069
 class Mixup(Callback):
     "Train on `lam*x + (1-lam)*x[perm]` with the loss mixed the same way; `lam ~ Beta(alpha, alpha)`, one per batch, >= 0.5"
     def __init__(self, alpha=0.4):
