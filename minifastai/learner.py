@@ -7,7 +7,7 @@ __all__ = ['EVENTS', 'SGD', 'TorchOpt', 'torch_opt', 'CancelFitException', 'Canc
            'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB',
            'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #a0fbe063
+# %% ../nbs/04_learner.ipynb #704f461b
 import os, re, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from fastprogress.core import format_time
 from .data import default_device, to_device
 
-# %% ../nbs/04_learner.ipynb #53e0637c
+# %% ../nbs/04_learner.ipynb #b6de0f43
 class SGD:
     "SGD with weight decay `wd` and momentum `mom`: `v = mom*v + (g + wd*p); p -= lr*v` (`v = g + wd*p` when `mom=0`)"
     def __init__(self, params, lr, wd=0., mom=0.):
@@ -53,7 +53,7 @@ class SGD:
         self.lr, self.wd, self.mom = sd['lr'], sd['wd'], sd['mom']
         self.vs = [None if v is None else v.to(p.device) for v, p in zip(vs, self.params)]
 
-# %% ../nbs/04_learner.ipynb #feff82b6
+# %% ../nbs/04_learner.ipynb #abd20b94
 class TorchOpt(GetAttr):
     "A `torch.optim` optimizer whose learning rate and momentum read and write as `.lr` and `.mom`"
     _default = 'opt'
@@ -84,7 +84,7 @@ def torch_opt(cls, wd=0., **kwargs):
     def _opt_func(params, lr): return TorchOpt(cls(params, lr=lr, weight_decay=wd, **kwargs))
     return _opt_func
 
-# %% ../nbs/04_learner.ipynb #b1c8cfd5
+# %% ../nbs/04_learner.ipynb #8ba9ce55
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss',
           'after_backward', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
 
@@ -95,7 +95,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of this batch; `after_batch` still runs"
 
-# %% ../nbs/04_learner.ipynb #2d62e5bc
+# %% ../nbs/04_learner.ipynb #7f4409c4
 class Callback(GetAttr):
     "Base class of callbacks: reads the learner's attributes as its own (`self.model` is `self.learner.model`)"
     _default, order = 'learner', 0
@@ -116,7 +116,7 @@ class Callback(GetAttr):
                                  f"without changing it: write `self.learner.{k} = ...` instead")
         super().__setattr__(k, v)
 
-# %% ../nbs/04_learner.ipynb #8fa0162e
+# %% ../nbs/04_learner.ipynb #b5a36864
 def _set_mode(model, train):
     "Put `model` in training or evaluation mode (`model.train(flag)`; else the chapter's `training` flag)"
     if callable(getattr(model, 'train', None)): model.train(train)
@@ -139,7 +139,7 @@ class Learner:
         if fs is None: fs = self._handlers[name] = [f for cb in self.cbs if (f := getattr(cb, name, None))]
         for f in fs: f()
 
-# %% ../nbs/04_learner.ipynb #aa4f7fa8
+# %% ../nbs/04_learner.ipynb #9ca451f7
 @patch
 def add_cb(self:Learner, cb):
     cb.learner = self
@@ -164,7 +164,7 @@ def add_cbs(self:Learner, cbs):
 def remove_cbs(self:Learner, cbs):
     for cb in listify(cbs): self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #369c9249
+# %% ../nbs/04_learner.ipynb #341e71bb
 @patch
 def one_batch(self:Learner):
     "Predict, compute the loss and, while training, step; `CancelBatchException` skips to `after_batch`"
@@ -198,7 +198,7 @@ def one_epoch(self:Learner, train, dl=None):
     except CancelEpochException: pass
     self('after_epoch')
 
-# %% ../nbs/04_learner.ipynb #2ed5829c
+# %% ../nbs/04_learner.ipynb #c5ce2395
 @patch
 def _run(self:Learner, n_epochs, body, cbs=None):
     "Add `cbs` for this call, run `before_fit`, `body()`, then `after_fit` whatever happens"
@@ -229,7 +229,7 @@ def fit(self:Learner, n_epochs, cbs=None):
             self.one_epoch(False)
     self._run(n_epochs, _epochs, cbs)
 
-# %% ../nbs/04_learner.ipynb #58aa442b
+# %% ../nbs/04_learner.ipynb #0dc46d81
 class SetupLearnerCB(Callback):
     "Move the model and each batch to `device` (default: CUDA if available), and apply `dls.tfm_x` to the inputs"
     order = -10
@@ -244,7 +244,7 @@ class SetupLearnerCB(Callback):
         tfm = getattr(self.dls, 'tfm_x', None)
         self.learner.batch = (tfm(xb) if tfm else xb), yb
 
-# %% ../nbs/04_learner.ipynb #0abd46a3
+# %% ../nbs/04_learner.ipynb #2474fabb
 class TrackResults(Callback):
     "Print `epoch, training, loss, accuracy` after each phase (the chapter's rows)"
     def before_epoch(self): self.accs, self.losses, self.ns = [], [], []
@@ -258,9 +258,10 @@ class TrackResults(Callback):
 
     def after_epoch(self):
         n = sum(self.ns)
+        if n == 0: return  # a phase with no batch (e.g. validation skipped by the LR finder): nothing to report
         print(self.epoch, self.model.training, sum(self.losses).item() / n, sum(self.accs).item() / n)
 
-# %% ../nbs/04_learner.ipynb #d6a90910
+# %% ../nbs/04_learner.ipynb #ac704358
 def accuracy(preds, targs):
     "Fraction of rows of `preds` whose largest value is at the index `targs`"
     return (preds.argmax(dim=1) == targs).float().mean()
@@ -272,7 +273,7 @@ def _weighted_means(vals, ns, k):
     w = torch.tensor(ns, dtype=t.dtype, device=t.device)
     return ((t * w[:, None]).sum(0) / w.sum()).tolist()
 
-# %% ../nbs/04_learner.ipynb #3dc332cf
+# %% ../nbs/04_learner.ipynb #c0670b3e
 class Recorder(Callback):
     "Keep the loss and `lr` of each training batch and, after each epoch, `[epoch, train_loss, valid_loss, *metrics, time]`"
     order = 50
@@ -303,7 +304,7 @@ class Recorder(Callback):
         self.valid_iters.append(len(self.losses))
         self._train_loss = None
 
-# %% ../nbs/04_learner.ipynb #b5f7a540
+# %% ../nbs/04_learner.ipynb #1d9a70cf
 def _ax(ax):
     import matplotlib.pyplot as plt
     return ax if ax is not None else plt.subplots()[1]
@@ -324,7 +325,7 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #39254ab6
+# %% ../nbs/04_learner.ipynb #d9df979a
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
 class ProgressCB(Callback):
@@ -364,7 +365,7 @@ class ProgressCB(Callback):
         train = [list(range(len(r.losses))), torch.stack(r.losses).float().cpu().tolist() if r.losses else []]
         self.mbar.update_graph([train, [r.valid_iters, [v[2] for v in r.values]]])
 
-# %% ../nbs/04_learner.ipynb #db16a02a
+# %% ../nbs/04_learner.ipynb #02ecbe4d
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
     if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
@@ -381,7 +382,7 @@ def _check_shapes(own, saved, fn):
         if v.shape != saved[k].shape:
             raise ValueError(f"{fn} does not fit this model: `{k}` has shape {tuple(saved[k].shape)}, the model's {tuple(v.shape)}")
 
-# %% ../nbs/04_learner.ipynb #8e90a4d3
+# %% ../nbs/04_learner.ipynb #83fce128
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
@@ -414,7 +415,7 @@ def load(self:Learner, name, with_opt=True):
     self.iter = state['iter']
     return self
 
-# %% ../nbs/04_learner.ipynb #276ee44b
+# %% ../nbs/04_learner.ipynb #28597503
 class _GatherPreds(Callback):
     "Collect the predictions and targets of every batch"
     order = 100
@@ -445,7 +446,7 @@ def validate(self:Learner, dl=None, metrics=None):
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
 
-# %% ../nbs/04_learner.ipynb #fd9dc282
+# %% ../nbs/04_learner.ipynb #5338b32c
 class MixedPrecisionCB(Callback):
     "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
     order = 10
