@@ -18,13 +18,13 @@ import torch
 from minifastai.train import main
 from minifastai.data import extract_archive
 
-CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, lr=0.1, bs=128, mom=0, wd=0, ls=0)
+CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, lr=0.1, bs=128, mom=0.9, wd=0, ls=0)  # + momentum (cycled)
 CPU_RECIPES = {  # name: (arguments of minifastai-train, extra flags)
     '(a) chapter recipe, fast path': (CHAPTER | {'min-scale': 1.0}, []),
     '(a) chapter recipe, plain path': (CHAPTER, ['--no-fast']),
     '(b) best CPU recipe': (dict(arch='resnet_small', size=64, epochs=5, lr=0.2), []),
 }
-GPU_RECIPE = dict(arch='resnet18', size=128, bs=256, lr=0.8, wd=5e-5, ls=0.1, device='cuda')
+GPU_RECIPE = dict(arch='resnet18', size=128, bs=256, lr=0.4, wd=5e-4, ls=0.1, device='cuda')  # untested: no GPU lent
 
 def cpu_seconds():
     "CPU time of this process and its finished children (decoding workers): a load-independent cost."
