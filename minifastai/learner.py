@@ -7,7 +7,7 @@ __all__ = ['EVENTS', 'SGD', 'TorchOpt', 'torch_opt', 'CancelFitException', 'Canc
            'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB',
            'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #704f461b
+# %% ../nbs/04_learner.ipynb #5ee34f7a
 import os, re, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from fastprogress.core import format_time
 from .data import default_device, to_device
 
-# %% ../nbs/04_learner.ipynb #b6de0f43
+# %% ../nbs/04_learner.ipynb #6d1ec31a
 class SGD:
     "SGD with weight decay `wd` and momentum `mom`: `v = mom*v + (g + wd*p); p -= lr*v` (`v = g + wd*p` when `mom=0`)"
     def __init__(self, params, lr, wd=0., mom=0.):
@@ -53,7 +53,7 @@ class SGD:
         self.lr, self.wd, self.mom = sd['lr'], sd['wd'], sd['mom']
         self.vs = [None if v is None else v.to(p.device) for v, p in zip(vs, self.params)]
 
-# %% ../nbs/04_learner.ipynb #abd20b94
+# %% ../nbs/04_learner.ipynb #09fcf7e3
 class TorchOpt(GetAttr):
     "A `torch.optim` optimizer whose learning rate and momentum read and write as `.lr` and `.mom`"
     _default = 'opt'
@@ -84,7 +84,7 @@ def torch_opt(cls, wd=0., **kwargs):
     def _opt_func(params, lr): return TorchOpt(cls(params, lr=lr, weight_decay=wd, **kwargs))
     return _opt_func
 
-# %% ../nbs/04_learner.ipynb #8ba9ce55
+# %% ../nbs/04_learner.ipynb #e7cde072
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss',
           'after_backward', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
 
@@ -95,7 +95,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of this batch; `after_batch` still runs"
 
-# %% ../nbs/04_learner.ipynb #7f4409c4
+# %% ../nbs/04_learner.ipynb #9b19d456
 class Callback(GetAttr):
     "Base class of callbacks: reads the learner's attributes as its own (`self.model` is `self.learner.model`)"
     _default, order = 'learner', 0
@@ -116,7 +116,7 @@ class Callback(GetAttr):
                                  f"without changing it: write `self.learner.{k} = ...` instead")
         super().__setattr__(k, v)
 
-# %% ../nbs/04_learner.ipynb #b5a36864
+# %% ../nbs/04_learner.ipynb #8627e2d5
 def _set_mode(model, train):
     "Put `model` in training or evaluation mode (`model.train(flag)`; else the chapter's `training` flag)"
     if callable(getattr(model, 'train', None)): model.train(train)
@@ -139,7 +139,7 @@ class Learner:
         if fs is None: fs = self._handlers[name] = [f for cb in self.cbs if (f := getattr(cb, name, None))]
         for f in fs: f()
 
-# %% ../nbs/04_learner.ipynb #9ca451f7
+# %% ../nbs/04_learner.ipynb #5e722261
 @patch
 def add_cb(self:Learner, cb):
     cb.learner = self
@@ -164,7 +164,7 @@ def add_cbs(self:Learner, cbs):
 def remove_cbs(self:Learner, cbs):
     for cb in listify(cbs): self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #341e71bb
+# %% ../nbs/04_learner.ipynb #605e273f
 @patch
 def one_batch(self:Learner):
     "Predict, compute the loss and, while training, step; `CancelBatchException` skips to `after_batch`"
@@ -198,7 +198,7 @@ def one_epoch(self:Learner, train, dl=None):
     except CancelEpochException: pass
     self('after_epoch')
 
-# %% ../nbs/04_learner.ipynb #c5ce2395
+# %% ../nbs/04_learner.ipynb #02f8b493
 @patch
 def _run(self:Learner, n_epochs, body, cbs=None):
     "Add `cbs` for this call, run `before_fit`, `body()`, then `after_fit` whatever happens"
@@ -219,17 +219,17 @@ def create_opt(self:Learner):
     self.opt = self.opt_func(self.model.parameters(), self.lr)
 
 @patch
-def fit(self:Learner, n_epochs, cbs=None):
+def fit(self:Learner, n_epochs, cbs=None, start_epoch=0):
     "Train for `n_epochs`, validating after each; the callbacks `cbs` are used for this call only"
     def _epochs():
         if self.opt is None: self.create_opt()
         else: self.opt.lr = self.lr
-        for self.epoch in range(n_epochs):
+        for self.epoch in range(start_epoch, n_epochs):
             self.one_epoch(True)
             self.one_epoch(False)
     self._run(n_epochs, _epochs, cbs)
 
-# %% ../nbs/04_learner.ipynb #0dc46d81
+# %% ../nbs/04_learner.ipynb #e18e7ef3
 class SetupLearnerCB(Callback):
     "Move the model and each batch to `device` (default: CUDA if available), and apply `dls.tfm_x` to the inputs"
     order = -10
@@ -244,9 +244,10 @@ class SetupLearnerCB(Callback):
         tfm = getattr(self.dls, 'tfm_x', None)
         self.learner.batch = (tfm(xb) if tfm else xb), yb
 
-# %% ../nbs/04_learner.ipynb #2474fabb
+# %% ../nbs/04_learner.ipynb #6fce6e5c
 class TrackResults(Callback):
     "Print `epoch, training, loss, accuracy` after each phase (the chapter's rows)"
+    run_preds = False  # reports training runs only (see `get_preds`)
     def before_epoch(self): self.accs, self.losses, self.ns = [], [], []
 
     def after_batch(self):
@@ -261,7 +262,7 @@ class TrackResults(Callback):
         if n == 0: return  # a phase with no batch (e.g. validation skipped by the LR finder): nothing to report
         print(self.epoch, self.model.training, sum(self.losses).item() / n, sum(self.accs).item() / n)
 
-# %% ../nbs/04_learner.ipynb #ac704358
+# %% ../nbs/04_learner.ipynb #1ff61557
 def accuracy(preds, targs):
     "Fraction of rows of `preds` whose largest value is at the index `targs`"
     return (preds.argmax(dim=1) == targs).float().mean()
@@ -273,10 +274,10 @@ def _weighted_means(vals, ns, k):
     w = torch.tensor(ns, dtype=t.dtype, device=t.device)
     return ((t * w[:, None]).sum(0) / w.sum()).tolist()
 
-# %% ../nbs/04_learner.ipynb #c0670b3e
+# %% ../nbs/04_learner.ipynb #06b14ea9
 class Recorder(Callback):
     "Keep the loss and `lr` of each training batch and, after each epoch, `[epoch, train_loss, valid_loss, *metrics, time]`"
-    order = 50
+    order, run_preds = 50, False
     def __init__(self, *metrics):
         self.metrics, self.losses, self.lrs, self.values, self.valid_iters = metrics, [], [], [], []
         self._train_loss = None
@@ -304,7 +305,7 @@ class Recorder(Callback):
         self.valid_iters.append(len(self.losses))
         self._train_loss = None
 
-# %% ../nbs/04_learner.ipynb #1d9a70cf
+# %% ../nbs/04_learner.ipynb #15b2c639
 def _ax(ax):
     import matplotlib.pyplot as plt
     return ax if ax is not None else plt.subplots()[1]
@@ -325,12 +326,12 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #d9df979a
+# %% ../nbs/04_learner.ipynb #531c9088
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
 class ProgressCB(Callback):
     "fastprogress bars over epochs and batches, the recorder's table and, with `plot`, a live loss plot in Jupyter"
-    order = 60
+    order, run_preds = 60, False
     def __init__(self, plot=False): self.plot = plot
 
     def before_fit(self):
@@ -365,7 +366,7 @@ class ProgressCB(Callback):
         train = [list(range(len(r.losses))), torch.stack(r.losses).float().cpu().tolist() if r.losses else []]
         self.mbar.update_graph([train, [r.valid_iters, [v[2] for v in r.values]]])
 
-# %% ../nbs/04_learner.ipynb #02ecbe4d
+# %% ../nbs/04_learner.ipynb #1094321e
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
     if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
@@ -382,7 +383,7 @@ def _check_shapes(own, saved, fn):
         if v.shape != saved[k].shape:
             raise ValueError(f"{fn} does not fit this model: `{k}` has shape {tuple(saved[k].shape)}, the model's {tuple(v.shape)}")
 
-# %% ../nbs/04_learner.ipynb #83fce128
+# %% ../nbs/04_learner.ipynb #0b35834f
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
@@ -391,7 +392,8 @@ def save(self:Learner, name):
     "Save the model, the optimizer state and `iter` to `model_dir/name.pth`, atomically; return the path"
     fn = self._ckpt(name)
     fn.parent.mkdir(parents=True, exist_ok=True)
-    state = {'model': self.model.state_dict(), 'opt': None if self.opt is None else self.opt.state_dict(), 'iter': self.iter}
+    state = {'model': self.model.state_dict(), 'opt': None if self.opt is None else self.opt.state_dict(),
+             'iter': self.iter, 'epoch': self.epoch}
     fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=fn.name, suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f: torch.save(_plain(state), f)
@@ -406,16 +408,16 @@ def load(self:Learner, name, with_opt=True):
     "Load a checkpoint written by `save` (onto the model's device); with `with_opt`, the optimizer state too"
     fn = self._ckpt(name)
     if not fn.exists(): raise FileNotFoundError(f"no checkpoint {fn} (learn.model_dir is {self.model_dir})")
-    state = torch.load(fn, map_location=next(iter(self.model.parameters())).device, weights_only=True)
+    state = torch.load(fn, map_location='cpu', weights_only=True)  # load_state_dict copies onto the model's device
     _check_shapes(self.model.state_dict(), state['model'], fn)
     self.model.load_state_dict(state['model'])
     if with_opt and state['opt'] is not None:
         if self.opt is None: self.create_opt()
         self.opt.load_state_dict(state['opt'])
-    self.iter = state['iter']
+    self.iter, self.epoch = state['iter'], state.get('epoch', 0)
     return self
 
-# %% ../nbs/04_learner.ipynb #28597503
+# %% ../nbs/04_learner.ipynb #7f48ef03
 class _GatherPreds(Callback):
     "Collect the predictions and targets of every batch"
     order = 100
@@ -427,11 +429,10 @@ class _GatherPreds(Callback):
 @patch
 def _gather(self:Learner, dl=None, cbs=None):
     "Predictions and targets on `dl` (default `dls.valid`), on the model's device"
-    g = _GatherPreds()
-    def _valid():
-        self.epoch = 0
-        self.one_epoch(False, dl)
-    self._run(1, _valid, listify(cbs) + [g])
+    g, saved = _GatherPreds(), (self.cbs, self.epoch, self.n_epochs)
+    self.cbs, self._handlers = tuple(cb for cb in self.cbs if getattr(cb, 'run_preds', True)), {}
+    try: self._run(1, lambda: self.one_epoch(False, dl), listify(cbs) + [g])
+    finally: (self.cbs, self.epoch, self.n_epochs), self._handlers = saved, {}
     return torch.cat(g.all_preds), torch.cat(g.all_targs)
 
 @patch
@@ -446,7 +447,7 @@ def validate(self:Learner, dl=None, metrics=None):
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
 
-# %% ../nbs/04_learner.ipynb #5338b32c
+# %% ../nbs/04_learner.ipynb #7812e72b
 class MixedPrecisionCB(Callback):
     "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
     order = 10

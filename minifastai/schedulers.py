@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['LRFinder', 'sched_lin', 'sched_cos', 'one_cycle_value', 'OneCycle']
 
-# %% ../nbs/05_schedulers.ipynb #4cf93e15
+# %% ../nbs/05_schedulers.ipynb #d086df5c
 import copy, math
 import torch
 from fastcore.basics import store_attr, patch, listify
 from .learner import Learner, Callback, CancelFitException, CancelEpochException
 
-# %% ../nbs/05_schedulers.ipynb #22668a0a
+# %% ../nbs/05_schedulers.ipynb #d9772385
 def _copy_state(learn):
     "An in-memory copy of what training changes: the model's and optimiser's states, `lr` and `iter`"
     return {'model': {k: v.detach().clone() for k, v in learn.model.state_dict().items()},
@@ -25,9 +25,10 @@ def _restore_state(learn, state):
     else: learn.opt.load_state_dict(state['opt'])
     learn.lr, learn.iter = state['lr'], state['iter']
 
-# %% ../nbs/05_schedulers.ipynb #09c70ea8
+# %% ../nbs/05_schedulers.ipynb #52992833
 class LRFinder(Callback):
     "LR range test: lr from `start_lr`, x`mult` per training batch, until lr > `max_lr`, a NaN, or `div` x the best loss"
+    run_preds = False  # a training-run callback: `get_preds`/`validate` leave it out
     def __init__(self, start_lr=1e-6, mult=1.2, max_lr=10, beta=0.9, div=4.): store_attr()
 
     def before_fit(self):
@@ -55,7 +56,7 @@ class LRFinder(Callback):
 
     def after_fit(self): _restore_state(self.learner, self.saved)
 
-# %% ../nbs/05_schedulers.ipynb #95d153d2
+# %% ../nbs/05_schedulers.ipynb #9fb3b2d1
 @patch(as_prop=True)
 def lr_min(self:LRFinder):
     "The learning rate at the minimum of the smoothed loss"
@@ -66,7 +67,7 @@ def suggestion(self:LRFinder):
     "The suggested learning rate: `lr_min / 10`"
     return self.lr_min / 10
 
-# %% ../nbs/05_schedulers.ipynb #1763c405
+# %% ../nbs/05_schedulers.ipynb #b63e4537
 @patch
 def plot(self:LRFinder, ax=None):
     "Smoothed loss against learning rate on a log axis, with the suggestion marked (the explosion is cut at 2x the first loss)"
@@ -91,7 +92,7 @@ def lr_find(self:Learner, start_lr=1e-6, max_lr=10, plot=True, **kwargs):
     self.lr_finder = finder
     return finder.suggestion
 
-# %% ../nbs/05_schedulers.ipynb #0691d7ff
+# %% ../nbs/05_schedulers.ipynb #eb87c4f2
 def sched_lin(start, end, pct):
     "Linear annealing from `start` (pct=0) to `end` (pct=1)"
     return start + (end - start) * pct
@@ -105,11 +106,12 @@ def one_cycle_value(pct, start, peak, end, pct_start=0.25, anneal=sched_lin):
     if pct < pct_start: return anneal(start, peak, pct / pct_start)
     return anneal(peak, end, (pct - pct_start) / (1 - pct_start))
 
-# %% ../nbs/05_schedulers.ipynb #c446b874
+# %% ../nbs/05_schedulers.ipynb #2003146a
 def _has_mom(opt): return bool(getattr(opt, 'mom', 0))
 
 class OneCycle(Callback):
     "1cycle: lr `base_lr/div_start` -> `base_lr` (at `pct_start`) -> 0, and momentum `moms` the other way"
+    run_preds = False  # a training-run callback: `get_preds`/`validate` leave it out
     def __init__(self, base_lr, pct_start=0.25, div_start=10, cosine=False, moms=(0.95, 0.85, 0.95)):
         store_attr()
         self.anneal = sched_cos if cosine else sched_lin
@@ -128,7 +130,7 @@ class OneCycle(Callback):
 
     def _at(self, pct, start, peak, end): return one_cycle_value(pct, start, peak, end, self.pct_start, self.anneal)
 
-# %% ../nbs/05_schedulers.ipynb #6ce5cb4b
+# %% ../nbs/05_schedulers.ipynb #4d8c8bb0
 @patch
 def plot(self:OneCycle, figsize=(8, 3)):
     "The learning rates (and momentums) set during the last fit, per training batch"
