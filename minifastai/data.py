@@ -7,7 +7,7 @@ __all__ = ['image_extensions', 'URLs', 'minifastai_home', 'mirrored', 'download_
            'get_image_files', 'parent_label', 'load_image', 'image2tensor', 'Dataset', 'show_image', 'collate',
            'DataLoader', 'default_device', 'to_device', 'Normalize', 'DataLoaders', 'show_batch']
 
-# %% ../nbs/00_data.ipynb #b774575c
+# %% ../nbs/00_data.ipynb #91079c67
 import os, pickle, signal, shutil, tarfile, tempfile, traceback, urllib.request, warnings, weakref
 import multiprocessing as mp
 from multiprocessing.connection import wait
@@ -19,7 +19,7 @@ from fastcore.basics import first
 from fastcore.foundation import L
 from fastprogress.fastprogress import progress_bar
 
-# %% ../nbs/00_data.ipynb #d94cddef
+# %% ../nbs/00_data.ipynb #79a03e41
 class URLs:
     "Public addresses of the datasets (the names fastai uses)."
     S3_IMAGECLAS = 'https://s3.amazonaws.com/fast-ai-imageclas/'
@@ -36,7 +36,7 @@ def mirrored(url):
     mirror = os.environ.get('MINIFASTAI_MIRROR')
     return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}" if mirror else url
 
-# %% ../nbs/00_data.ipynb #8c089ef1
+# %% ../nbs/00_data.ipynb #fc6ba3bc
 def _fail(msg, e):
     "An `OSError` carrying `msg` (which names the URL or file) and the original error `e`."
     return OSError(f'{msg}: {type(e).__name__}: {e}')
@@ -69,7 +69,7 @@ def download_url(url, dest):
         raise _fail(f'download of {url} failed', e) from e
     return dest
 
-# %% ../nbs/00_data.ipynb #8546ed7a
+# %% ../nbs/00_data.ipynb #7d0abb73
 def extract_archive(archive, dest):
     "Safely extract the tar `archive` to the folder `dest` through a temporary folder; returns `dest`."
     archive, dest = Path(archive), Path(dest)
@@ -101,7 +101,7 @@ def untar_data(url):
         archive.unlink(missing_ok=True)  # a corrupt download: fetch it again next time
         raise
 
-# %% ../nbs/00_data.ipynb #69a426df
+# %% ../nbs/00_data.ipynb #eb77fdd5
 image_extensions = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp'}
 
 def get_image_files(path, folders=None):
@@ -115,12 +115,12 @@ def get_image_files(path, folders=None):
             res += [Path(d)/f for f in sorted(files) if Path(f).suffix.lower() in image_extensions]
     return L(res)
 
-# %% ../nbs/00_data.ipynb #7797c40f
+# %% ../nbs/00_data.ipynb #ac69a6ec
 def parent_label(fn):
     "The label of `fn`: the name of the folder holding it."
     return Path(fn).parent.name
 
-# %% ../nbs/00_data.ipynb #7e2f999f
+# %% ../nbs/00_data.ipynb #982c4e1a
 def load_image(fn, size):
     "Open `fn` as an RGB `size`x`size` PIL image, letting the JPEG decoder downscale (draft mode)."
     try:
@@ -152,7 +152,7 @@ class Dataset:
         im, y = self.get_raw(i)
         return _to_float(image2tensor(im)), tensor(y)
 
-# %% ../nbs/00_data.ipynb #2083a792
+# %% ../nbs/00_data.ipynb #9c899790
 def show_image(im, ax=None, figsize=(3, 3), title=None):
     "Show the image `im` (tensor HWC or CHW, float in [0,1] or uint8; or PIL image) on `ax`; returns `ax`."
     import matplotlib.pyplot as plt
@@ -166,7 +166,7 @@ def show_image(im, ax=None, figsize=(3, 3), title=None):
     ax.axis('off')
     return ax
 
-# %% ../nbs/00_data.ipynb #b0644d6c
+# %% ../nbs/00_data.ipynb #74d884e5
 def _stack(items):
     "Stack a list of same-shaped tuples field by field: [(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))."
     return tuple(torch.stack(o) for o in zip(*items))
@@ -175,7 +175,7 @@ def collate(idxs, ds):
     "The batch of the items `ds[i]` for `i` in `idxs`."
     return _stack([ds[i] for i in idxs])
 
-# %% ../nbs/00_data.ipynb #3f1a5ed5
+# %% ../nbs/00_data.ipynb #1b82a892
 def _pack(items):
     "Torch-free batch of `(PIL image, int)` items: (pixel bytes, labels, NHWC shape)."
     buf = bytearray()
@@ -203,7 +203,7 @@ def _load(ds, idxs, raw):
     items = [_get(ds, i, raw) for i in idxs]
     return _pack(items) if raw else _stack(items)
 
-# %% ../nbs/00_data.ipynb #6d2d01ab
+# %% ../nbs/00_data.ipynb #445c58f6
 class _RemoteTraceback(Exception):
     "The traceback of an exception raised in a worker process, to chain to its re-raise in the main process."
     def __str__(self): return self.args[0]
@@ -235,7 +235,7 @@ def _stop(procs, conns):
     for c in conns: c.close()
     procs.clear(); conns.clear()
 
-# %% ../nbs/00_data.ipynb #07260bdf
+# %% ../nbs/00_data.ipynb #cf475a01
 class _Workers:
     "`n` forked processes serving batches of `ds` in order, each over its own pipe."
     def __init__(self, ds, n, raw, prefetch=2, timeout=None):
@@ -280,7 +280,7 @@ class _Workers:
 
     def close(self): self._finalize()
 
-# %% ../nbs/00_data.ipynb #ff8f3e02
+# %% ../nbs/00_data.ipynb #cbee519c
 class DataLoader:
     "Batches of `bs` items of `ds`, optionally shuffled, loaded by `n_workers` persistent processes (0: in-process)."
     def __init__(self, ds, bs=128, shuffle=False, n_workers=1, drop_last=False, seed=None,
@@ -333,7 +333,7 @@ class DataLoader:
         if self.workers is not None: self.workers.close()
         self.workers = None
 
-# %% ../nbs/00_data.ipynb #0c653f7f
+# %% ../nbs/00_data.ipynb #15fa1b11
 def default_device():
     "The device we train on: CUDA when available, else the CPU."
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -346,7 +346,7 @@ def to_device(b, device=None, non_blocking=False):
     if isinstance(b, (list, tuple)): return type(b)(to_device(o, device, non_blocking) for o in b)
     return b
 
-# %% ../nbs/00_data.ipynb #b68607f5
+# %% ../nbs/00_data.ipynb #5b02b409
 class Normalize:
     "Subtract `stats[0]` and divide by `stats[1]` (per channel, the last axis), on the input's device."
     def __init__(self, stats): self.stats = stats
@@ -354,10 +354,15 @@ class Normalize:
         if x.device != self.stats[0].device: self.stats = to_device(self.stats, x.device)
         return (x - self.stats[0]) / self.stats[1]
 
-# %% ../nbs/00_data.ipynb #af79ee32
+# %% ../nbs/00_data.ipynb #287d5da8
 class DataLoaders:
     "The training and validation `DataLoader`s, the normalisation statistics, and the batch transform `tfm_x`."
-    def __init__(self, *dls, stats=None): self.dls, self._stats, self._norm = dls, stats, None
+    def __init__(self, *dls, stats=None):
+        self.dls, self._stats, self._norm = dls, stats, None
+        vocabs = [getattr(getattr(dl, 'ds', None), 'v2i', None) for dl in dls]
+        if len(vocabs) > 1 and None not in vocabs and any(v != vocabs[0] for v in vocabs[1:]):
+            raise ValueError(f'the datasets label their classes differently ({[len(v) for v in vocabs]} labels): '
+                             'build them with one vocabulary, e.g. `Dataset(valid_files, v2i=train_ds.v2i)`')
     @property
     def train(self): return self.dls[0]
     @property
@@ -378,7 +383,7 @@ class DataLoaders:
         "Stop the loaders' worker processes."
         for dl in self.dls: dl.close()
 
-# %% ../nbs/00_data.ipynb #43d68076
+# %% ../nbs/00_data.ipynb #4746bafa
 def show_batch(b, vocab=None, n=9, ncols=3, size=2.5):
     "Show the first `n` images of the batch `b` = `(xb, yb)` in a grid, titled with their labels (through `vocab`)."
     import matplotlib.pyplot as plt

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['nll', 'log_softmax_naive', 'log_softmax_v2', 'logsumexp', 'log_softmax', 'cross_entropy']
 
-# %% ../nbs/03_loss.ipynb #c6712127
+# %% ../nbs/03_loss.ipynb #6fbf592c
 import torch
 
-# %% ../nbs/03_loss.ipynb #4e5f3eb4
+# %% ../nbs/03_loss.ipynb #d337bd61
 def _reduce(x, reduction):
     if reduction == 'none': return x
     if reduction in ('mean', 'sum'): return getattr(x, reduction)()
@@ -18,17 +18,17 @@ def nll(input, target, reduction='mean'):
     "Negative log likelihood of `target` (class indices) under log probabilities `input`"
     return _reduce(-input.gather(-1, target[:, None])[:, 0], reduction)
 
-# %% ../nbs/03_loss.ipynb #1736ac49
+# %% ../nbs/03_loss.ipynb #d094b897
 def log_softmax_naive(x):
     "log(softmax(x)) as written: overflows for large logits"
     return (x.exp() / x.exp().sum(-1, keepdim=True)).log()
 
-# %% ../nbs/03_loss.ipynb #ed236a15
+# %% ../nbs/03_loss.ipynb #f10effb9
 def log_softmax_v2(x):
     "x - log(sum(exp(x))): simpler, still overflows"
     return x - x.exp().sum(-1, keepdim=True).log()
 
-# %% ../nbs/03_loss.ipynb #8682f05f
+# %% ../nbs/03_loss.ipynb #ac215bbb
 def _row_max(x):
     "Max of each row (no gradient), 0 where it is infinite"
     m = x.detach().max(-1, keepdim=True)[0]
@@ -40,13 +40,13 @@ def logsumexp(x, keepdim=False):
     res = m + (x - m).exp().sum(-1, keepdim=True).log()
     return res if keepdim else res[..., 0]
 
-# %% ../nbs/03_loss.ipynb #cac40a2e
+# %% ../nbs/03_loss.ipynb #69b2c5eb
 def log_softmax(x):
-    "Stable log softmax over the last dim: x - logsumexp(x), with the max subtracted first"
+    "Stable log softmax over the last dim: `(x - max) - log(sum(exp(x - max)))`, precise for large logits"
     xm = x - _row_max(x)
     return xm - xm.exp().sum(-1, keepdim=True).log()
 
-# %% ../nbs/03_loss.ipynb #687fc67f
+# %% ../nbs/03_loss.ipynb #9f9f3da6
 def cross_entropy(preds, yb, label_smoothing=0., reduction='mean'):
     "Cross entropy of logits `preds` and class indices `yb`, with optional label smoothing"
     lsm = log_softmax(preds)
