@@ -7,7 +7,7 @@ __all__ = ['ARCHS', 'decode_cache', 'crop_thetas', 'crop_grid', 'affine_crop', '
            'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed', 'ResumeAt',
            'RunLog', 'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #dcb6af6f
+# %% ../nbs/07_train.ipynb #690aa474
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ from .schedulers import *
 from .schedulers import _copy_state, _restore_state
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #e9cf7261
+# %% ../nbs/07_train.ipynb #7730a979
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -36,7 +36,7 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #025bdebe
+# %% ../nbs/07_train.ipynb #0fc488bc
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -56,7 +56,7 @@ def crop_thetas(n, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None
     if flip: w = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w)
     return _thetas(w, h, cx, cy)
 
-# %% ../nbs/07_train.ipynb #2fe0845a
+# %% ../nbs/07_train.ipynb #3b07a5ec
 def crop_grid(thetas, size):
     "`F.affine_grid(thetas, (n, c, size, size), align_corners=False)` for axis-aligned `thetas`, as an outer sum."
     p = (2 * torch.arange(size, device=thetas.device, dtype=thetas.dtype) + 1) / size - 1  # pixel centres in [-1, 1]
@@ -70,7 +70,7 @@ def affine_crop(x, thetas, size):
     grid = crop_grid(thetas.to(x.device, x.dtype), size)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #c804d5fe
+# %% ../nbs/07_train.ipynb #4312e827
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`."
     def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None):
@@ -98,7 +98,7 @@ class DeviceLoader:
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #3ea0687f
+# %% ../nbs/07_train.ipynb #61b581ab
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -122,7 +122,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #5ca7a5cd
+# %% ../nbs/07_train.ipynb #b43ebdb8
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -146,7 +146,7 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #fd7fbff7
+# %% ../nbs/07_train.ipynb #394831f6
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -154,7 +154,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2), stats=cache_stats(first(train)[0].permute(0, 3, 1, 2)))
 
-# %% ../nbs/07_train.ipynb #629da5a7
+# %% ../nbs/07_train.ipynb #7d098c0d
 def _smooth(xs, beta=0.9):
     "Exponential moving average of `xs`, debiased (as the LR finder's loss)."
     avg, out = 0., []
@@ -179,7 +179,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #d99652e3
+# %% ../nbs/07_train.ipynb #107c0857
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -218,7 +218,7 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = _copy_state(self.learner)
 
-# %% ../nbs/07_train.ipynb #5678269f
+# %% ../nbs/07_train.ipynb #e35de206
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
@@ -301,7 +301,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #b223cd2e
+# %% ../nbs/07_train.ipynb #bad9e45f
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -326,7 +326,7 @@ def get_parser():
     a, pos, nonneg = p.add_argument, partial(_number, lo=0), partial(_number, lo=0, inclusive=True)
     a('--data', default=URLs.IMAGENETTE_160, help='archive URL or data folder (default: Imagenette-160)')
     a('--arch', choices=list(ARCHS), default='resnet_small', help='model (default: %(default)s)')
-    a('--size', type=pos(int), default=64, help='training image size in pixels (default: %(default)s)')
+    a('--size', type=pos(int), default=56, help='training image size in pixels (default: %(default)s)')
     a('--epochs', type=pos(int), default=5, help='(default: %(default)s)')
     a('--lr', type=_lr, default=0.2, help="peak learning rate of the one-cycle schedule, or 'find' (default: %(default)s)")
     a('--bs', type=pos(int), default=128, help='batch size (default: %(default)s)')
@@ -366,5 +366,5 @@ def main(argv=None):
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
         raise SystemExit(130)
 
-# %% ../nbs/07_train.ipynb #af93af3f
+# %% ../nbs/07_train.ipynb #cbaa7cb2
 if __name__ == '__main__' and '__file__' in globals(): main()
