@@ -5,27 +5,13 @@
 # %% auto #0
 __all__ = ['LRFinder', 'sched_lin', 'sched_cos', 'one_cycle_value', 'OneCycle']
 
-# %% ../nbs/05_schedulers.ipynb #d086df5c
-import copy, math
+# %% ../nbs/05_schedulers.ipynb #4beedf41
+import math
 import torch
 from fastcore.basics import store_attr, patch, listify
 from .learner import Learner, Callback, CancelFitException, CancelEpochException
 
-# %% ../nbs/05_schedulers.ipynb #d9772385
-def _copy_state(learn):
-    "An in-memory copy of what training changes: the model's and optimiser's states, `lr` and `iter`"
-    return {'model': {k: v.detach().clone() for k, v in learn.model.state_dict().items()},
-            'opt': None if learn.opt is None else copy.deepcopy(learn.opt.state_dict()),
-            'lr': learn.lr, 'iter': learn.iter}
-
-def _restore_state(learn, state):
-    "Put back what `_copy_state` copied (an optimiser that did not exist is dropped again)"
-    learn.model.load_state_dict(state['model'])
-    if state['opt'] is None: learn.opt = None
-    else: learn.opt.load_state_dict(state['opt'])
-    learn.lr, learn.iter = state['lr'], state['iter']
-
-# %% ../nbs/05_schedulers.ipynb #52992833
+# %% ../nbs/05_schedulers.ipynb #50d20602
 class LRFinder(Callback):
     "LR range test: lr from `start_lr`, x`mult` per training batch, until lr > `max_lr`, a NaN, or `div` x the best loss"
     run_preds = False  # a training-run callback: `get_preds`/`validate` leave it out
@@ -33,7 +19,7 @@ class LRFinder(Callback):
 
     def before_fit(self):
         self.lrs, self.losses, self.raw_losses, self.avg = [], [], [], 0.
-        self.saved = _copy_state(self.learner)
+        self.saved = self.learner.snapshot()
         self.learner.lr = self.start_lr
 
     def before_epoch(self):
@@ -54,9 +40,9 @@ class LRFinder(Callback):
         self.avg = self.beta * self.avg + (1 - self.beta) * loss
         self.losses.append(self.avg / (1 - self.beta ** len(self.raw_losses)))
 
-    def after_fit(self): _restore_state(self.learner, self.saved)
+    def after_fit(self): self.learner.restore(self.saved)
 
-# %% ../nbs/05_schedulers.ipynb #9fb3b2d1
+# %% ../nbs/05_schedulers.ipynb #97b0cba2
 @patch(as_prop=True)
 def lr_min(self:LRFinder):
     "The learning rate at the minimum of the smoothed loss"
@@ -67,7 +53,7 @@ def suggestion(self:LRFinder):
     "The suggested learning rate: `lr_min / 10`"
     return self.lr_min / 10
 
-# %% ../nbs/05_schedulers.ipynb #b63e4537
+# %% ../nbs/05_schedulers.ipynb #81c76079
 @patch
 def plot(self:LRFinder, ax=None):
     "Smoothed loss against learning rate on a log axis, with the suggestion marked (the explosion is cut at 2x the first loss)"
@@ -92,7 +78,7 @@ def lr_find(self:Learner, start_lr=1e-6, max_lr=10, plot=True, **kwargs):
     self.lr_finder = finder
     return finder.suggestion
 
-# %% ../nbs/05_schedulers.ipynb #eb87c4f2
+# %% ../nbs/05_schedulers.ipynb #d36dc552
 def sched_lin(start, end, pct):
     "Linear annealing from `start` (pct=0) to `end` (pct=1)"
     return start + (end - start) * pct
@@ -106,7 +92,7 @@ def one_cycle_value(pct, start, peak, end, pct_start=0.25, anneal=sched_lin):
     if pct < pct_start: return anneal(start, peak, pct / pct_start)
     return anneal(peak, end, (pct - pct_start) / (1 - pct_start))
 
-# %% ../nbs/05_schedulers.ipynb #2003146a
+# %% ../nbs/05_schedulers.ipynb #e3983108
 def _has_mom(opt): return bool(getattr(opt, 'mom', 0))
 
 class OneCycle(Callback):
@@ -130,7 +116,7 @@ class OneCycle(Callback):
 
     def _at(self, pct, start, peak, end): return one_cycle_value(pct, start, peak, end, self.pct_start, self.anneal)
 
-# %% ../nbs/05_schedulers.ipynb #4d8c8bb0
+# %% ../nbs/05_schedulers.ipynb #1ac3b0e0
 @patch
 def plot(self:OneCycle, figsize=(8, 3)):
     "The learning rates (and momentums) set during the last fit, per training batch"

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['ARCHS', 'decode_cache', 'crop_thetas', 'crop_grid', 'affine_crop', 'DeviceLoader', 'CachedDataLoaders', 'cache_stats',
-           'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed', 'ResumeAt',
-           'RunLog', 'make_learner', 'find_lr', 'run', 'get_parser', 'main']
+           'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed', 'RunLog',
+           'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #690aa474
+# %% ../nbs/07_train.ipynb #513e9967
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
@@ -21,10 +21,9 @@ from .layers import *
 from .loss import *
 from .learner import *
 from .schedulers import *
-from .schedulers import _copy_state, _restore_state
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #7730a979
+# %% ../nbs/07_train.ipynb #2322359a
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -36,7 +35,7 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #0fc488bc
+# %% ../nbs/07_train.ipynb #e4cc0390
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -56,7 +55,7 @@ def crop_thetas(n, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None
     if flip: w = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w)
     return _thetas(w, h, cx, cy)
 
-# %% ../nbs/07_train.ipynb #3b07a5ec
+# %% ../nbs/07_train.ipynb #22c55393
 def crop_grid(thetas, size):
     "`F.affine_grid(thetas, (n, c, size, size), align_corners=False)` for axis-aligned `thetas`, as an outer sum."
     p = (2 * torch.arange(size, device=thetas.device, dtype=thetas.dtype) + 1) / size - 1  # pixel centres in [-1, 1]
@@ -70,7 +69,7 @@ def affine_crop(x, thetas, size):
     grid = crop_grid(thetas.to(x.device, x.dtype), size)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #4312e827
+# %% ../nbs/07_train.ipynb #eef40ad3
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`."
     def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None):
@@ -98,7 +97,7 @@ class DeviceLoader:
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #61b581ab
+# %% ../nbs/07_train.ipynb #6da6ef50
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -122,7 +121,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #b43ebdb8
+# %% ../nbs/07_train.ipynb #8d0b4d00
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -146,15 +145,15 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #394831f6
+# %% ../nbs/07_train.ipynb #00e32266
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
     dl = lambda fns, **kw: DataLoader(Dataset(fns, v2i, size), n_workers=n_workers, dtype=torch.uint8, **kw)
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
-    return DataLoaders(train, dl(valid_fns, bs=bs * 2), stats=cache_stats(first(train)[0].permute(0, 3, 1, 2)))
+    return DataLoaders(train, dl(valid_fns, bs=bs * 2))  # stats: from one training batch, lazily
 
-# %% ../nbs/07_train.ipynb #7d098c0d
+# %% ../nbs/07_train.ipynb #4c2001e5
 def _smooth(xs, beta=0.9):
     "Exponential moving average of `xs`, debiased (as the LR finder's loss)."
     avg, out = 0., []
@@ -179,7 +178,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #107c0857
+# %% ../nbs/07_train.ipynb #e018e354
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -188,14 +187,6 @@ class EpochSeed(Callback):
         if not self.training: return
         torch.manual_seed(self.seed * 1_000_003 + self.epoch)
         self.dls.train.epoch = self.epoch
-
-class ResumeAt(Callback):
-    "Make `fit(n_epochs - start)` continue a run of `n_epochs` at epoch `start` (its epochs, its schedule)."
-    order = -30
-    def __init__(self, start, n_epochs): self.start, self.total = start, n_epochs
-    def before_fit(self): self.learner.n_epochs = self.total
-    def before_epoch(self):
-        if self.training: self.learner.epoch += self.start
 
 def _write_json(obj, fn):
     "Write `obj` as JSON to `fn` atomically (a temporary file, then a rename)."
@@ -216,9 +207,9 @@ class RunLog(Callback):
         self.log['lrs'] += r.lrs[self.seen:]
         self.seen = len(r.losses)
         self.log['completed_epochs'] = self.epoch + 1
-        self.snapshot = _copy_state(self.learner)
+        self.snapshot = self.learner.snapshot()
 
-# %% ../nbs/07_train.ipynb #e35de206
+# %% ../nbs/07_train.ipynb #532652b6
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
@@ -269,9 +260,9 @@ def run(args):
         if log.get('lr') is None: log['lr'] = find_lr(learn, out) if args.lr == 'find' else args.lr
         if start: learn.load('model')
         cbs = [Recorder(accuracy), ProgressCB(), OneCycle(log['lr']), EpochSeed(args.seed), runlog,
-               ResumeAt(start, args.epochs)] + ([Mixup(args.mixup)] if args.mixup else [])
+               ] + ([Mixup(args.mixup)] if args.mixup else [])
         t1 = time.time()
-        learn.fit(args.epochs - start, cbs=cbs)
+        learn.fit(args.epochs, cbs=cbs, start_epoch=start)
         _add_time(log, 'fit_s', t1)
     except KeyboardInterrupt: _interrupted(learn, runlog.snapshot, log, out, args.epochs)
     finally: dls.close()
@@ -287,7 +278,7 @@ def _interrupted(learn, snapshot, log, out, n_epochs):
     "Save the state at the end of the last whole epoch, say how to continue, and exit with status 130 (SIGINT's)."
     done = log['completed_epochs']
     if snapshot is not None:
-        _restore_state(learn, snapshot)
+        learn.restore(snapshot)
         learn.save('model')
         _write_json(log, out/'metrics.json')
     if done: print(f'\ninterrupted after {done}/{n_epochs} epochs; checkpoint {out/"model.pth"}. '
@@ -301,7 +292,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #bad9e45f
+# %% ../nbs/07_train.ipynb #3fa05025
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -366,5 +357,5 @@ def main(argv=None):
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
         raise SystemExit(130)
 
-# %% ../nbs/07_train.ipynb #cbaa7cb2
+# %% ../nbs/07_train.ipynb #d755c0d6
 if __name__ == '__main__' and '__file__' in globals(): main()
