@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['LRFinder', 'sched_lin', 'sched_cos', 'one_cycle_value', 'OneCycle']
 
-# %% ../nbs/05_schedulers.ipynb #4beedf41
+# %% ../nbs/05_schedulers.ipynb #50e5d36f
 import math
 import torch
 from fastcore.basics import store_attr, patch, listify
 from .learner import Learner, Callback, CancelFitException, CancelEpochException
 
-# %% ../nbs/05_schedulers.ipynb #50d20602
+# %% ../nbs/05_schedulers.ipynb #ae7225a3
 class LRFinder(Callback):
     "LR range test: lr from `start_lr`, x`mult` per training batch, until lr > `max_lr`, a NaN, or `div` x the best loss"
     run_preds = False  # a training-run callback: `get_preds`/`validate` leave it out
@@ -42,7 +42,7 @@ class LRFinder(Callback):
 
     def after_fit(self): self.learner.restore(self.saved)
 
-# %% ../nbs/05_schedulers.ipynb #97b0cba2
+# %% ../nbs/05_schedulers.ipynb #45a7c441
 @patch(as_prop=True)
 def lr_min(self:LRFinder):
     "The learning rate at the minimum of the smoothed loss"
@@ -53,7 +53,7 @@ def suggestion(self:LRFinder):
     "The suggested learning rate: `lr_min / 10`"
     return self.lr_min / 10
 
-# %% ../nbs/05_schedulers.ipynb #81c76079
+# %% ../nbs/05_schedulers.ipynb #db7100ec
 @patch
 def plot(self:LRFinder, ax=None):
     "Smoothed loss against learning rate on a log axis, with the suggestion marked (the explosion is cut at 2x the first loss)"
@@ -78,7 +78,7 @@ def lr_find(self:Learner, start_lr=1e-6, max_lr=10, plot=True, **kwargs):
     self.lr_finder = finder
     return finder.suggestion
 
-# %% ../nbs/05_schedulers.ipynb #d36dc552
+# %% ../nbs/05_schedulers.ipynb #9a412c0c
 def sched_lin(start, end, pct):
     "Linear annealing from `start` (pct=0) to `end` (pct=1)"
     return start + (end - start) * pct
@@ -92,7 +92,7 @@ def one_cycle_value(pct, start, peak, end, pct_start=0.25, anneal=sched_lin):
     if pct < pct_start: return anneal(start, peak, pct / pct_start)
     return anneal(peak, end, (pct - pct_start) / (1 - pct_start))
 
-# %% ../nbs/05_schedulers.ipynb #e3983108
+# %% ../nbs/05_schedulers.ipynb #cb6fc799
 def _has_mom(opt): return bool(getattr(opt, 'mom', 0))
 
 class OneCycle(Callback):
@@ -116,7 +116,7 @@ class OneCycle(Callback):
 
     def _at(self, pct, start, peak, end): return one_cycle_value(pct, start, peak, end, self.pct_start, self.anneal)
 
-# %% ../nbs/05_schedulers.ipynb #1ac3b0e0
+# %% ../nbs/05_schedulers.ipynb #58b2d3c3
 @patch
 def plot(self:OneCycle, figsize=(8, 3)):
     "The learning rates (and momentums) set during the last fit, per training batch"
