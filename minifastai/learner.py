@@ -7,16 +7,16 @@ __all__ = ['EVENTS', 'SGD', 'TorchOpt', 'torch_opt', 'CancelFitException', 'Canc
            'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB',
            'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #39c7dbe2
+# %% ../nbs/04_learner.ipynb #f70690e7
 import copy, os, re, sys, tempfile, time
 from pathlib import Path
 import torch
 from fastcore.basics import GetAttr, store_attr, listify, camel2snake, patch
 from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from fastprogress.core import format_time
-from .data import default_device, to_device
+from .data import default_device, to_device, atomic_write
 
-# %% ../nbs/04_learner.ipynb #eb560128
+# %% ../nbs/04_learner.ipynb #787000d8
 class SGD:
     "SGD with weight decay `wd` and momentum `mom`: `v = mom*v + (g + wd*p); p -= lr*v` (`v = g + wd*p` when `mom=0`)"
     def __init__(self, params, lr, wd=0., mom=0.):
@@ -53,7 +53,7 @@ class SGD:
         self.lr, self.wd, self.mom = sd['lr'], sd['wd'], sd['mom']
         self.vs = [None if v is None else v.to(p.device) for v, p in zip(vs, self.params)]
 
-# %% ../nbs/04_learner.ipynb #457239ab
+# %% ../nbs/04_learner.ipynb #c2f5fb0b
 class TorchOpt(GetAttr):
     "A `torch.optim` optimizer whose learning rate and momentum read and write as `.lr` and `.mom`"
     _default = 'opt'
@@ -84,7 +84,7 @@ def torch_opt(cls, wd=0., **kwargs):
     def _opt_func(params, lr): return TorchOpt(cls(params, lr=lr, weight_decay=wd, **kwargs))
     return _opt_func
 
-# %% ../nbs/04_learner.ipynb #080fe57f
+# %% ../nbs/04_learner.ipynb #d81f536b
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss',
           'after_backward', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
 
@@ -95,7 +95,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of this batch; `after_batch` still runs"
 
-# %% ../nbs/04_learner.ipynb #d065775f
+# %% ../nbs/04_learner.ipynb #2423b7d2
 class Callback(GetAttr):
     "Base class of callbacks: reads the learner's attributes as its own (`self.model` is `self.learner.model`)"
     _default, order = 'learner', 0
@@ -116,7 +116,7 @@ class Callback(GetAttr):
                                  f"without changing it: write `self.learner.{k} = ...` instead")
         super().__setattr__(k, v)
 
-# %% ../nbs/04_learner.ipynb #09240dc3
+# %% ../nbs/04_learner.ipynb #ed354b54
 def _set_mode(model, train):
     "Put `model` in training or evaluation mode (`model.train(flag)`; else the chapter's `training` flag)"
     if callable(getattr(model, 'train', None)): model.train(train)
@@ -139,7 +139,7 @@ class Learner:
         if fs is None: fs = self._handlers[name] = [f for cb in self.cbs if (f := getattr(cb, name, None))]
         for f in fs: f()
 
-# %% ../nbs/04_learner.ipynb #ac1d6bf6
+# %% ../nbs/04_learner.ipynb #c37e097b
 @patch
 def add_cb(self:Learner, cb):
     cb.learner = self
@@ -164,7 +164,7 @@ def add_cbs(self:Learner, cbs):
 def remove_cbs(self:Learner, cbs):
     for cb in listify(cbs): self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #24df646f
+# %% ../nbs/04_learner.ipynb #bf7484b5
 @patch
 def one_batch(self:Learner):
     "Predict, compute the loss and, while training, step; `CancelBatchException` skips to `after_batch`"
@@ -198,7 +198,7 @@ def one_epoch(self:Learner, train, dl=None):
     except CancelEpochException: pass
     self('after_epoch')
 
-# %% ../nbs/04_learner.ipynb #959b252d
+# %% ../nbs/04_learner.ipynb #14216745
 @patch
 def _run(self:Learner, n_epochs, body, cbs=None):
     "Add `cbs` for this call, run `before_fit`, `body()`, then `after_fit` whatever happens"
@@ -229,7 +229,7 @@ def fit(self:Learner, n_epochs, cbs=None, start_epoch=0):
             self.one_epoch(False)
     self._run(n_epochs, _epochs, cbs)
 
-# %% ../nbs/04_learner.ipynb #ff5a5c3f
+# %% ../nbs/04_learner.ipynb #74e9e840
 class SetupLearnerCB(Callback):
     "Move the model and each batch to `device` (default: CUDA if available), and apply `dls.tfm_x` to the inputs"
     order = -10
@@ -244,7 +244,7 @@ class SetupLearnerCB(Callback):
         tfm = getattr(self.dls, 'tfm_x', None)
         self.learner.batch = (tfm(xb) if tfm else xb), yb
 
-# %% ../nbs/04_learner.ipynb #1da51619
+# %% ../nbs/04_learner.ipynb #5887de39
 class TrackResults(Callback):
     "Print `epoch, training, loss, accuracy` after each phase (the chapter's rows)"
     run_preds = False  # reports training runs only (see `get_preds`)
@@ -262,7 +262,7 @@ class TrackResults(Callback):
         if n == 0: return  # a phase with no batch (e.g. validation skipped by the LR finder): nothing to report
         print(self.epoch, self.model.training, sum(self.losses).item() / n, sum(self.accs).item() / n)
 
-# %% ../nbs/04_learner.ipynb #8868f2ce
+# %% ../nbs/04_learner.ipynb #6307397a
 def accuracy(preds, targs):
     "Fraction of rows of `preds` whose largest value is at the index `targs`"
     return (preds.argmax(dim=1) == targs).float().mean()
@@ -274,7 +274,7 @@ def _weighted_means(vals, ns, k):
     w = torch.tensor(ns, dtype=t.dtype, device=t.device)
     return ((t * w[:, None]).sum(0) / w.sum()).tolist()
 
-# %% ../nbs/04_learner.ipynb #f3e3c6ae
+# %% ../nbs/04_learner.ipynb #499a0dc3
 class Recorder(Callback):
     "Keep the loss and `lr` of each training batch and, after each epoch, `[epoch, train_loss, valid_loss, *metrics, time]`"
     order, run_preds = 50, False
@@ -305,7 +305,7 @@ class Recorder(Callback):
         self.valid_iters.append(len(self.losses))
         self._train_loss = None
 
-# %% ../nbs/04_learner.ipynb #e2966e71
+# %% ../nbs/04_learner.ipynb #3daf3ba4
 def _ax(ax):
     import matplotlib.pyplot as plt
     return ax if ax is not None else plt.subplots()[1]
@@ -326,7 +326,7 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #cb3ef4f3
+# %% ../nbs/04_learner.ipynb #941592fe
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
 class ProgressCB(Callback):
@@ -366,7 +366,7 @@ class ProgressCB(Callback):
         train = [list(range(len(r.losses))), torch.stack(r.losses).float().cpu().tolist() if r.losses else []]
         self.mbar.update_graph([train, [r.valid_iters, [v[2] for v in r.values]]])
 
-# %% ../nbs/04_learner.ipynb #71e0b467
+# %% ../nbs/04_learner.ipynb #297d27bf
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
     if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
@@ -383,7 +383,7 @@ def _check_shapes(own, saved, fn):
         if v.shape != saved[k].shape:
             raise ValueError(f"{fn} does not fit this model: `{k}` has shape {tuple(saved[k].shape)}, the model's {tuple(v.shape)}")
 
-# %% ../nbs/04_learner.ipynb #da323671
+# %% ../nbs/04_learner.ipynb #d26d2b48
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
@@ -391,16 +391,9 @@ def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 def save(self:Learner, name):
     "Save the model, the optimizer state and `iter` to `model_dir/name.pth`, atomically; return the path"
     fn = self._ckpt(name)
-    fn.parent.mkdir(parents=True, exist_ok=True)
     state = {'model': self.model.state_dict(), 'opt': None if self.opt is None else self.opt.state_dict(),
              'iter': self.iter, 'epoch': self.epoch}
-    fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=fn.name, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: torch.save(_plain(state), f)
-        os.replace(tmp, fn)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    with atomic_write(fn) as f: torch.save(_plain(state), f)
     return fn
 
 @patch
@@ -417,7 +410,7 @@ def load(self:Learner, name, with_opt=True):
     self.iter, self.epoch = state['iter'], state.get('epoch', 0)
     return self
 
-# %% ../nbs/04_learner.ipynb #6daf60eb
+# %% ../nbs/04_learner.ipynb #4a04a68f
 class _GatherPreds(Callback):
     "Collect the predictions and targets of every batch"
     order = 100
@@ -447,7 +440,7 @@ def validate(self:Learner, dl=None, metrics=None):
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
 
-# %% ../nbs/04_learner.ipynb #c78b332a
+# %% ../nbs/04_learner.ipynb #a5ed211e
 @patch
 def snapshot(self:Learner):
     "An in-memory copy of what training changes: the model's and optimiser's states, `lr`, `iter` and `epoch`"
@@ -463,7 +456,7 @@ def restore(self:Learner, state):
     else: self.opt.load_state_dict(state['opt'])
     self.lr, self.iter, self.epoch = state['lr'], state['iter'], state['epoch']
 
-# %% ../nbs/04_learner.ipynb #5a47aa7f
+# %% ../nbs/04_learner.ipynb #de5648fe
 class MixedPrecisionCB(Callback):
     "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
     order = 10

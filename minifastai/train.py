@@ -7,7 +7,7 @@ __all__ = ['ARCHS', 'decode_cache', 'crop_thetas', 'crop_grid', 'affine_crop', '
            'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed', 'RunLog',
            'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #513e9967
+# %% ../nbs/07_train.ipynb #4cdc8248
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from .learner import *
 from .schedulers import *
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #2322359a
+# %% ../nbs/07_train.ipynb #f4afc13f
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -35,7 +35,7 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #e4cc0390
+# %% ../nbs/07_train.ipynb #1f99f4bb
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -55,7 +55,7 @@ def crop_thetas(n, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None
     if flip: w = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w)
     return _thetas(w, h, cx, cy)
 
-# %% ../nbs/07_train.ipynb #22c55393
+# %% ../nbs/07_train.ipynb #24833e6a
 def crop_grid(thetas, size):
     "`F.affine_grid(thetas, (n, c, size, size), align_corners=False)` for axis-aligned `thetas`, as an outer sum."
     p = (2 * torch.arange(size, device=thetas.device, dtype=thetas.dtype) + 1) / size - 1  # pixel centres in [-1, 1]
@@ -69,7 +69,7 @@ def affine_crop(x, thetas, size):
     grid = crop_grid(thetas.to(x.device, x.dtype), size)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #eef40ad3
+# %% ../nbs/07_train.ipynb #99233869
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`."
     def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None):
@@ -97,7 +97,7 @@ class DeviceLoader:
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #6da6ef50
+# %% ../nbs/07_train.ipynb #22de1147
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -121,7 +121,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #8d0b4d00
+# %% ../nbs/07_train.ipynb #7ff25fe9
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -145,7 +145,7 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #00e32266
+# %% ../nbs/07_train.ipynb #7f95fff4
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -153,7 +153,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2))  # stats: from one training batch, lazily
 
-# %% ../nbs/07_train.ipynb #4c2001e5
+# %% ../nbs/07_train.ipynb #70ddfe72
 def _smooth(xs, beta=0.9):
     "Exponential moving average of `xs`, debiased (as the LR finder's loss)."
     avg, out = 0., []
@@ -178,7 +178,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #e018e354
+# %% ../nbs/07_train.ipynb #d07c436a
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -189,10 +189,8 @@ class EpochSeed(Callback):
         self.dls.train.epoch = self.epoch
 
 def _write_json(obj, fn):
-    "Write `obj` as JSON to `fn` atomically (a temporary file, then a rename)."
-    tmp = fn.with_suffix('.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, fn)
+    "Write `obj` as JSON to `fn` atomically (the data notebook's `atomic_write`)."
+    with atomic_write(fn, 'w') as f: json.dump(obj, f, indent=1)
 
 class RunLog(Callback):
     "After each epoch: append its metrics, losses and lrs to the run `log`, and snapshot the training state."
@@ -209,7 +207,7 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = self.learner.snapshot()
 
-# %% ../nbs/07_train.ipynb #532652b6
+# %% ../nbs/07_train.ipynb #d6862cb8
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
@@ -292,7 +290,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #3fa05025
+# %% ../nbs/07_train.ipynb #0201295a
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -357,5 +355,5 @@ def main(argv=None):
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
         raise SystemExit(130)
 
-# %% ../nbs/07_train.ipynb #d755c0d6
+# %% ../nbs/07_train.ipynb #7b7855f3
 if __name__ == '__main__' and '__file__' in globals(): main()
