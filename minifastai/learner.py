@@ -7,7 +7,7 @@ __all__ = ['EVENTS', 'SGD', 'TorchOpt', 'torch_opt', 'CancelFitException', 'Canc
            'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB',
            'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #f70690e7
+# %% ../nbs/04_learner.ipynb #cd2d1f9f
 import copy, os, re, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from fastprogress.core import format_time
 from .data import default_device, to_device, atomic_write
 
-# %% ../nbs/04_learner.ipynb #787000d8
+# %% ../nbs/04_learner.ipynb #61e91d90
 class SGD:
     "SGD with weight decay `wd` and momentum `mom`: `v = mom*v + (g + wd*p); p -= lr*v` (`v = g + wd*p` when `mom=0`)"
     def __init__(self, params, lr, wd=0., mom=0.):
@@ -53,7 +53,7 @@ class SGD:
         self.lr, self.wd, self.mom = sd['lr'], sd['wd'], sd['mom']
         self.vs = [None if v is None else v.to(p.device) for v, p in zip(vs, self.params)]
 
-# %% ../nbs/04_learner.ipynb #c2f5fb0b
+# %% ../nbs/04_learner.ipynb #0445d75d
 class TorchOpt(GetAttr):
     "A `torch.optim` optimizer whose learning rate and momentum read and write as `.lr` and `.mom`"
     _default = 'opt'
@@ -84,7 +84,7 @@ def torch_opt(cls, wd=0., **kwargs):
     def _opt_func(params, lr): return TorchOpt(cls(params, lr=lr, weight_decay=wd, **kwargs))
     return _opt_func
 
-# %% ../nbs/04_learner.ipynb #d81f536b
+# %% ../nbs/04_learner.ipynb #43a79ab8
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss',
           'after_backward', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
 
@@ -95,7 +95,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of this batch; `after_batch` still runs"
 
-# %% ../nbs/04_learner.ipynb #2423b7d2
+# %% ../nbs/04_learner.ipynb #a2e2a303
 class Callback(GetAttr):
     "Base class of callbacks: reads the learner's attributes as its own (`self.model` is `self.learner.model`)"
     _default, order = 'learner', 0
@@ -116,7 +116,7 @@ class Callback(GetAttr):
                                  f"without changing it: write `self.learner.{k} = ...` instead")
         super().__setattr__(k, v)
 
-# %% ../nbs/04_learner.ipynb #ed354b54
+# %% ../nbs/04_learner.ipynb #c835e291
 def _set_mode(model, train):
     "Put `model` in training or evaluation mode (`model.train(flag)`; else the chapter's `training` flag)"
     if callable(getattr(model, 'train', None)): model.train(train)
@@ -139,7 +139,7 @@ class Learner:
         if fs is None: fs = self._handlers[name] = [f for cb in self.cbs if (f := getattr(cb, name, None))]
         for f in fs: f()
 
-# %% ../nbs/04_learner.ipynb #c37e097b
+# %% ../nbs/04_learner.ipynb #d4dc826d
 @patch
 def add_cb(self:Learner, cb):
     cb.learner = self
@@ -164,7 +164,7 @@ def add_cbs(self:Learner, cbs):
 def remove_cbs(self:Learner, cbs):
     for cb in listify(cbs): self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #bf7484b5
+# %% ../nbs/04_learner.ipynb #a14064a2
 @patch
 def one_batch(self:Learner):
     "Predict, compute the loss and, while training, step; `CancelBatchException` skips to `after_batch`"
@@ -198,7 +198,7 @@ def one_epoch(self:Learner, train, dl=None):
     except CancelEpochException: pass
     self('after_epoch')
 
-# %% ../nbs/04_learner.ipynb #14216745
+# %% ../nbs/04_learner.ipynb #e03e6641
 @patch
 def _run(self:Learner, n_epochs, body, cbs=None):
     "Add `cbs` for this call, run `before_fit`, `body()`, then `after_fit` whatever happens"
@@ -229,7 +229,7 @@ def fit(self:Learner, n_epochs, cbs=None, start_epoch=0):
             self.one_epoch(False)
     self._run(n_epochs, _epochs, cbs)
 
-# %% ../nbs/04_learner.ipynb #74e9e840
+# %% ../nbs/04_learner.ipynb #7c3a581e
 class SetupLearnerCB(Callback):
     "Move the model and each batch to `device` (default: CUDA if available), and apply `dls.tfm_x` to the inputs"
     order = -10
@@ -244,7 +244,7 @@ class SetupLearnerCB(Callback):
         tfm = getattr(self.dls, 'tfm_x', None)
         self.learner.batch = (tfm(xb) if tfm else xb), yb
 
-# %% ../nbs/04_learner.ipynb #5887de39
+# %% ../nbs/04_learner.ipynb #4a8282ac
 class TrackResults(Callback):
     "Print `epoch, training, loss, accuracy` after each phase (the chapter's rows)"
     run_preds = False  # reports training runs only (see `get_preds`)
@@ -262,7 +262,7 @@ class TrackResults(Callback):
         if n == 0: return  # a phase with no batch (e.g. validation skipped by the LR finder): nothing to report
         print(self.epoch, self.model.training, sum(self.losses).item() / n, sum(self.accs).item() / n)
 
-# %% ../nbs/04_learner.ipynb #6307397a
+# %% ../nbs/04_learner.ipynb #f8a61cca
 def accuracy(preds, targs):
     "Fraction of rows of `preds` whose largest value is at the index `targs`"
     return (preds.argmax(dim=1) == targs).float().mean()
@@ -274,7 +274,7 @@ def _weighted_means(vals, ns, k):
     w = torch.tensor(ns, dtype=t.dtype, device=t.device)
     return ((t * w[:, None]).sum(0) / w.sum()).tolist()
 
-# %% ../nbs/04_learner.ipynb #499a0dc3
+# %% ../nbs/04_learner.ipynb #95af269d
 class Recorder(Callback):
     "Keep the loss and `lr` of each training batch and, after each epoch, `[epoch, train_loss, valid_loss, *metrics, time]`"
     order, run_preds = 50, False
@@ -305,7 +305,7 @@ class Recorder(Callback):
         self.valid_iters.append(len(self.losses))
         self._train_loss = None
 
-# %% ../nbs/04_learner.ipynb #3daf3ba4
+# %% ../nbs/04_learner.ipynb #d3bdc1f8
 def _ax(ax):
     import matplotlib.pyplot as plt
     return ax if ax is not None else plt.subplots()[1]
@@ -326,8 +326,15 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #941592fe
+# %% ../nbs/04_learner.ipynb #168deedf
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
+
+class _Table:
+    "Stands in for fastprogress's master bar when output is not a terminal: the table's rows as plain text"
+    def write(self, line, table=True):
+        if not hasattr(self, 'widths'): self.widths = [max(8, len(c)) for c in line]
+        print('  '.join(f'{c:<{w}}' for c, w in zip(line, self.widths)).rstrip())
+    def update(self, val): pass
 
 class ProgressCB(Callback):
     "fastprogress bars over epochs and batches, the recorder's table and, with `plot`, a live loss plot in Jupyter"
@@ -335,12 +342,12 @@ class ProgressCB(Callback):
     def __init__(self, plot=False): self.plot = plot
 
     def before_fit(self):
-        self.mbar = master_bar(range(self.n_epochs))
+        in_nb = master_bar is NBMasterBar  # fastprogress picks its HTML bars in Jupyter
+        self.bars = in_nb or sys.stdout.isatty()
+        self.mbar = master_bar(range(self.n_epochs)) if self.bars else _Table()
         self.mbar.update(0)
         self.table = hasattr(self.learner, 'recorder')
         if self.table: self.mbar.write(self.recorder.names, table=True)
-        in_nb = isinstance(self.mbar, NBMasterBar)
-        self.bars = in_nb or sys.stdout.isatty()
         self.live = self.plot and self.table and in_nb
 
     def before_epoch(self):
@@ -359,14 +366,14 @@ class ProgressCB(Callback):
         self.mbar.update(self.epoch + 1)
 
     def after_fit(self):
-        if self.mbar.main_bar.last_v is not None: self.mbar.on_iter_end()
+        if self.bars and self.mbar.main_bar.last_v is not None: self.mbar.on_iter_end()
 
     def _plot(self):
         r = self.recorder
         train = [list(range(len(r.losses))), torch.stack(r.losses).float().cpu().tolist() if r.losses else []]
         self.mbar.update_graph([train, [r.valid_iters, [v[2] for v in r.values]]])
 
-# %% ../nbs/04_learner.ipynb #297d27bf
+# %% ../nbs/04_learner.ipynb #5529095e
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
     if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
@@ -383,7 +390,7 @@ def _check_shapes(own, saved, fn):
         if v.shape != saved[k].shape:
             raise ValueError(f"{fn} does not fit this model: `{k}` has shape {tuple(saved[k].shape)}, the model's {tuple(v.shape)}")
 
-# %% ../nbs/04_learner.ipynb #d26d2b48
+# %% ../nbs/04_learner.ipynb #a56b8782
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
@@ -410,7 +417,7 @@ def load(self:Learner, name, with_opt=True):
     self.iter, self.epoch = state['iter'], state.get('epoch', 0)
     return self
 
-# %% ../nbs/04_learner.ipynb #4a04a68f
+# %% ../nbs/04_learner.ipynb #554415f8
 class _GatherPreds(Callback):
     "Collect the predictions and targets of every batch"
     order = 100
@@ -440,7 +447,7 @@ def validate(self:Learner, dl=None, metrics=None):
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
 
-# %% ../nbs/04_learner.ipynb #a5ed211e
+# %% ../nbs/04_learner.ipynb #f685f139
 @patch
 def snapshot(self:Learner):
     "An in-memory copy of what training changes: the model's and optimiser's states, `lr`, `iter` and `epoch`"
@@ -456,7 +463,7 @@ def restore(self:Learner, state):
     else: self.opt.load_state_dict(state['opt'])
     self.lr, self.iter, self.epoch = state['lr'], state['iter'], state['epoch']
 
-# %% ../nbs/04_learner.ipynb #de5648fe
+# %% ../nbs/04_learner.ipynb #fe0f7ed5
 class MixedPrecisionCB(Callback):
     "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
     order = 10
