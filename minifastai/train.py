@@ -7,14 +7,13 @@ __all__ = ['ARCHS', 'decode_cache', 'crop_thetas', 'crop_grid', 'affine_crop', '
            'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed', 'RunLog',
            'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #4cdc8248
+# %% ../nbs/07_train.ipynb #09ab8ef1
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fastcore.basics import first
 
 from .data import *
 from .layers import *
@@ -23,7 +22,7 @@ from .learner import *
 from .schedulers import *
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #f4afc13f
+# %% ../nbs/07_train.ipynb #9c90a9a4
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -35,7 +34,7 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #1f99f4bb
+# %% ../nbs/07_train.ipynb #df24c41d
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -55,7 +54,7 @@ def crop_thetas(n, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None
     if flip: w = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w)
     return _thetas(w, h, cx, cy)
 
-# %% ../nbs/07_train.ipynb #24833e6a
+# %% ../nbs/07_train.ipynb #bf275dc3
 def crop_grid(thetas, size):
     "`F.affine_grid(thetas, (n, c, size, size), align_corners=False)` for axis-aligned `thetas`, as an outer sum."
     p = (2 * torch.arange(size, device=thetas.device, dtype=thetas.dtype) + 1) / size - 1  # pixel centres in [-1, 1]
@@ -69,7 +68,7 @@ def affine_crop(x, thetas, size):
     grid = crop_grid(thetas.to(x.device, x.dtype), size)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #99233869
+# %% ../nbs/07_train.ipynb #b019d2a2
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`."
     def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None):
@@ -97,7 +96,7 @@ class DeviceLoader:
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #22de1147
+# %% ../nbs/07_train.ipynb #30950295
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -121,7 +120,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #7ff25fe9
+# %% ../nbs/07_train.ipynb #c75321ab
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -145,7 +144,7 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #7f95fff4
+# %% ../nbs/07_train.ipynb #e6ed26ed
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -153,15 +152,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2))  # stats: from one training batch, lazily
 
-# %% ../nbs/07_train.ipynb #70ddfe72
-def _smooth(xs, beta=0.9):
-    "Exponential moving average of `xs`, debiased (as the LR finder's loss)."
-    avg, out = 0., []
-    for i, x in enumerate(xs, 1):
-        avg = beta * avg + (1 - beta) * x
-        out.append(avg / (1 - beta ** i))
-    return out
-
+# %% ../nbs/07_train.ipynb #e445aa41
 def save_plots(log, out):
     "Write `loss.png` and `lr.png` for the run `log` (per-batch `losses`, `lrs`; per-epoch `epochs`) into `out`."
     import matplotlib
@@ -170,7 +161,7 @@ def save_plots(log, out):
     n = len(log['losses'])
     nb = n / max(len(log['epochs']), 1)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(range(n), _smooth(log['losses']), label='train (per batch, smoothed)')
+    ax.plot(range(n), smooth(log['losses']), label='train (per batch, smoothed)')  # as the LR finder's
     ax.plot([nb * (e['epoch'] + 1) for e in log['epochs']], [e['valid_loss'] for e in log['epochs']], 'o-', label='valid')
     ax.set(xlabel='training batch', ylabel='loss', title='Loss'); ax.legend()
     fig.savefig(out / 'loss.png', dpi=100, bbox_inches='tight'); plt.close(fig)
@@ -178,7 +169,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #d07c436a
+# %% ../nbs/07_train.ipynb #a8e71e5c
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -207,7 +198,7 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = self.learner.snapshot()
 
-# %% ../nbs/07_train.ipynb #d6862cb8
+# %% ../nbs/07_train.ipynb #821567b1
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
@@ -290,7 +281,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #0201295a
+# %% ../nbs/07_train.ipynb #f95622ff
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -355,5 +346,5 @@ def main(argv=None):
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
         raise SystemExit(130)
 
-# %% ../nbs/07_train.ipynb #7b7855f3
+# %% ../nbs/07_train.ipynb #a9a99d5a
 if __name__ == '__main__' and '__file__' in globals(): main()
