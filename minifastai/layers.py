@@ -6,7 +6,7 @@
 __all__ = ['ConvLayer', 'Linear', 'Sequential', 'AdaptivePool', 'MaxPool', 'simple_cnn', 'BatchNormFunction', 'BatchNorm',
            'ResBlock', 'resnet18', 'resnet_small']
 
-# %% ../nbs/02_layers.ipynb #975d6133
+# %% ../nbs/02_layers.ipynb #b2202c34
 import math
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from .module import *
 
-# %% ../nbs/02_layers.ipynb #04a051d5
+# %% ../nbs/02_layers.ipynb #abf59fed
 class ConvLayer(Module):
     "`ks`x`ks` convolution (padding `ks//2`), then optional `BatchNorm`, then optional ReLU"
     def __init__(self, ni, nf, stride=1, bias=True, act=True, ks=3, bn=False):
@@ -34,7 +34,7 @@ class ConvLayer(Module):
         nf,ni,ks,_ = self.w.shape
         return f'{ni}, {nf}, ks={ks}, stride={self.stride}, bias={self.b is not None}, act={self.act}'
 
-# %% ../nbs/02_layers.ipynb #b910b675
+# %% ../nbs/02_layers.ipynb #aabba55e
 class Linear(Module):
     "Fully connected layer: `x @ w.t() + b`"
     def __init__(self, ni, nf, bias=True):
@@ -45,7 +45,7 @@ class Linear(Module):
 
     def forward(self, x): return F.linear(x, self.w, self.b)
 
-# %% ../nbs/02_layers.ipynb #6becb6a2
+# %% ../nbs/02_layers.ipynb #ea3c6032
 class Sequential(Module):
     "Apply `layers` in order"
     def __init__(self, *layers):
@@ -60,7 +60,7 @@ class Sequential(Module):
     def __getitem__(self, i): return self.layers[i]
     def __len__(self): return len(self.layers)
 
-# %% ../nbs/02_layers.ipynb #1aa42200
+# %% ../nbs/02_layers.ipynb #8c7ed2b1
 class AdaptivePool(Module):
     "Average over the spatial dimensions: (n, c, h, w) -> (n, c)"
     def forward(self, x): return x.mean((2, 3))
@@ -73,7 +73,7 @@ class MaxPool(Module):
     def forward(self, x): return F.max_pool2d(x, self.ks, self.stride, self.padding)
     def extra_repr(self): return f'ks={self.ks}, stride={self.stride}'
 
-# %% ../nbs/02_layers.ipynb #274dd096
+# %% ../nbs/02_layers.ipynb #19abe37c
 def simple_cnn(n_out=10):
     "The book's CNN: four stride-2 `ConvLayer`s, pooling and a `Linear` layer"
     return Sequential(
@@ -84,44 +84,49 @@ def simple_cnn(n_out=10):
         AdaptivePool(),
         Linear(128, n_out))
 
-# %% ../nbs/02_layers.ipynb #3d401a42
+# %% ../nbs/02_layers.ipynb #dc846be9
 def _chan(t): return t[:, None, None]
 
+def _acc(t):
+    "The dtype to accumulate `t`'s values in: float32, or float64 for a float64 `t`"
+    return torch.promote_types(t.dtype, torch.float32)
+
 def _chan_sumsq(a):
-    "Per-channel sum of `a**2` over batch and spatial dims, without materializing `a**2` when contiguous"
-    if not a.is_contiguous(): return a.square().sum((0, 2, 3))
-    return torch.linalg.vector_norm(a.flatten(2), dim=-1).square().sum(0)
+    "Per-channel sum of `a**2` over batch and spatial dims, accumulated in float32 without materializing `a**2`"
+    if a.is_contiguous(): return torch.linalg.vector_norm(a.flatten(2), dim=-1, dtype=_acc(a)).square().sum(0)
+    return torch.linalg.vector_norm(a, dim=(0, 2, 3), dtype=_acc(a)).square()
 
 def _chan_dot(a, b):
-    "Per-channel sum of `a*b` over batch and spatial dims"
-    if a.is_contiguous() and b.is_contiguous(): return torch.linalg.vecdot(a.flatten(2), b.flatten(2)).sum(0)
-    return (a * b).sum((0, 2, 3))
+    "Per-channel sum of `a*b` over batch and spatial dims (float32 products: exact for bfloat16 inputs)"
+    if a.dtype == _acc(a) and a.is_contiguous() and b.is_contiguous():
+        return torch.linalg.vecdot(a.flatten(2), b.flatten(2)).sum(0)
+    return torch.mul(a, b, out=torch.empty_like(a, dtype=_acc(a))).sum((0, 2, 3))
 
 class BatchNormFunction(torch.autograd.Function):
     "Batch norm with batch statistics and a hand-written backward; returns (y, mean, biased var)"
     @staticmethod
     def forward(ctx, x, w, b, eps):
         n = x.numel() // x.shape[1]
-        mean = x.mean((0, 2, 3), dtype=torch.promote_types(x.dtype, torch.float32))
-        xc = x - _chan(mean)
+        mean = x.mean((0, 2, 3), dtype=_acc(x))
+        xc = torch.sub(x, _chan(mean), out=torch.empty_like(x))  # computed in float32, stored in x's dtype
         var = _chan_sumsq(xc) / n
         invstd = (var + eps).rsqrt()
         ctx.save_for_backward(xc, w, invstd)
         ctx.mark_non_differentiable(mean, var)
-        ctx.x_dtype = x.dtype
-        return (xc * _chan(w * invstd)).add_(_chan(b)).to(x.dtype), mean, var
+        return torch.mul(xc, _chan(w * invstd), out=torch.empty_like(x)).add_(_chan(b)), mean, var
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g, _gmean, _gvar):
         xc,w,invstd = ctx.saved_tensors
-        g,n = g.to(xc.dtype),xc.numel() // xc.shape[1]
-        gsum,gxhat = g.sum((0, 2, 3)),_chan_dot(g, xc) * invstd
+        n = xc.numel() // xc.shape[1]
+        gsum,gxhat = g.sum((0, 2, 3), dtype=_acc(xc)),_chan_dot(g, xc) * invstd
         s = w * invstd
-        dx = (g * _chan(s)).addcmul_(xc, _chan(-s * invstd * gxhat / n)).add_(_chan(-s * gsum / n))
-        return dx.to(ctx.x_dtype), gxhat.to(w.dtype), gsum.to(w.dtype), None
+        dx = torch.mul(g, _chan(s), out=torch.empty_like(xc))
+        dx.addcmul_(xc, _chan(-s * invstd * gxhat / n)).add_(_chan(-s * gsum / n))
+        return dx, gxhat.to(w.dtype), gsum.to(w.dtype), None
 
-# %% ../nbs/02_layers.ipynb #006d4e30
+# %% ../nbs/02_layers.ipynb #446e1550
 class BatchNorm(Module):
     "Batch normalization over the channels of (n, c, h, w) inputs, with running statistics for eval"
     def __init__(self, nf, eps=1e-5, mom=0.1):
@@ -139,7 +144,7 @@ class BatchNorm(Module):
     def forward(self, x):
         if not self.training:
             s = self.w * (self.running_var + self.eps).rsqrt()
-            return (x * _chan(s)).add_(_chan(self.b - self.running_mean * s)).to(x.dtype)
+            return (x * _chan(s).to(x.dtype)).add_(_chan(self.b - self.running_mean * s).to(x.dtype))
         n = x.numel() // x.shape[1]
         if n == 1: raise ValueError(f'BatchNorm needs more than one value per channel in training, got {tuple(x.shape)}')
         y,mean,var = BatchNormFunction.apply(x, self.w, self.b, self.eps)
@@ -148,7 +153,7 @@ class BatchNorm(Module):
 
     def extra_repr(self): return f'{len(self.w)}, eps={self.eps}, mom={self.mom}'
 
-# %% ../nbs/02_layers.ipynb #e1403712
+# %% ../nbs/02_layers.ipynb #4031f0f0
 class ResBlock(Module):
     "torchvision's BasicBlock: `relu(convs(x) + shortcut(x))`, with two 3x3 conv+batchnorm layers"
     def __init__(self, ni, nf, stride=1):
@@ -163,7 +168,7 @@ class ResBlock(Module):
         res += x if self.idconv is None else self.idconv(x)
         return F.relu(res, inplace=True)
 
-# %% ../nbs/02_layers.ipynb #0ce3ec98
+# %% ../nbs/02_layers.ipynb #9325d04c
 def _stage(ni, nf, stride, n_blocks): return [ResBlock(ni, nf, stride)] + [ResBlock(nf, nf) for _ in range(n_blocks - 1)]
 
 def resnet18(n_out=1000):
