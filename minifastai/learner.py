@@ -7,7 +7,7 @@ __all__ = ['EVENTS', 'SGD', 'TorchOpt', 'torch_opt', 'CancelFitException', 'Canc
            'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB',
            'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #cd2d1f9f
+# %% ../nbs/04_learner.ipynb #7ad1a52a
 import copy, os, re, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from fastprogress.core import format_time
 from .data import default_device, to_device, atomic_write
 
-# %% ../nbs/04_learner.ipynb #61e91d90
+# %% ../nbs/04_learner.ipynb #df1d1b8f
 class SGD:
     "SGD with weight decay `wd` and momentum `mom`: `v = mom*v + (g + wd*p); p -= lr*v` (`v = g + wd*p` when `mom=0`)"
     def __init__(self, params, lr, wd=0., mom=0.):
@@ -26,17 +26,23 @@ class SGD:
 
     @torch.no_grad()
     def step(self):
-        for i, p in enumerate(self.params):
-            if p.grad is None: continue
-            g = p.grad.add(p, alpha=self.wd) if self.wd else p.grad
-            if self.mom: g = self._velocity(i, g)
-            p.add_(g, alpha=-self.lr)
+        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
+        ps = [self.params[i] for i in idx]
+        if not ps: return   # nothing was differentiated in this step
+        gs = [p.grad for p in ps]
+        if self.wd: gs = torch._foreach_add(gs, ps, alpha=self.wd)
+        if self.mom: gs = self._velocities(idx, gs)
+        torch._foreach_add_(ps, gs, alpha=-self.lr)
 
-    def _velocity(self, i, g):
-        v = self.vs[i]
-        if v is None: self.vs[i] = v = g.clone(); return v
-        if v.device != g.device: self.vs[i] = v = v.to(g.device)
-        return v.mul_(self.mom).add_(g)
+    def _velocities(self, idx, gs):
+        "`v = mom*v + g`, in place, for the parameters `idx` with gradients `gs` (velocities start at zero)"
+        for i, g in zip(idx, gs):
+            if self.vs[i] is None: self.vs[i] = torch.zeros_like(g)
+            elif self.vs[i].device != g.device: self.vs[i] = self.vs[i].to(g.device)
+        vs = [self.vs[i] for i in idx]
+        torch._foreach_mul_(vs, self.mom)
+        torch._foreach_add_(vs, gs)
+        return vs
 
     def zero_grad(self):
         for p in self.params: p.grad = None
@@ -53,7 +59,7 @@ class SGD:
         self.lr, self.wd, self.mom = sd['lr'], sd['wd'], sd['mom']
         self.vs = [None if v is None else v.to(p.device) for v, p in zip(vs, self.params)]
 
-# %% ../nbs/04_learner.ipynb #0445d75d
+# %% ../nbs/04_learner.ipynb #95749cc6
 class TorchOpt(GetAttr):
     "A `torch.optim` optimizer whose learning rate and momentum read and write as `.lr` and `.mom`"
     _default = 'opt'
@@ -84,7 +90,7 @@ def torch_opt(cls, wd=0., **kwargs):
     def _opt_func(params, lr): return TorchOpt(cls(params, lr=lr, weight_decay=wd, **kwargs))
     return _opt_func
 
-# %% ../nbs/04_learner.ipynb #43a79ab8
+# %% ../nbs/04_learner.ipynb #16f7ce3a
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss',
           'after_backward', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
 
@@ -95,7 +101,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of this batch; `after_batch` still runs"
 
-# %% ../nbs/04_learner.ipynb #a2e2a303
+# %% ../nbs/04_learner.ipynb #0858cbbd
 class Callback(GetAttr):
     "Base class of callbacks: reads the learner's attributes as its own (`self.model` is `self.learner.model`)"
     _default, order = 'learner', 0
@@ -116,7 +122,7 @@ class Callback(GetAttr):
                                  f"without changing it: write `self.learner.{k} = ...` instead")
         super().__setattr__(k, v)
 
-# %% ../nbs/04_learner.ipynb #c835e291
+# %% ../nbs/04_learner.ipynb #2d0ca976
 def _set_mode(model, train):
     "Put `model` in training or evaluation mode (`model.train(flag)`; else the chapter's `training` flag)"
     if callable(getattr(model, 'train', None)): model.train(train)
@@ -139,7 +145,7 @@ class Learner:
         if fs is None: fs = self._handlers[name] = [f for cb in self.cbs if (f := getattr(cb, name, None))]
         for f in fs: f()
 
-# %% ../nbs/04_learner.ipynb #d4dc826d
+# %% ../nbs/04_learner.ipynb #d708177e
 @patch
 def add_cb(self:Learner, cb):
     cb.learner = self
@@ -164,7 +170,7 @@ def add_cbs(self:Learner, cbs):
 def remove_cbs(self:Learner, cbs):
     for cb in listify(cbs): self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #a14064a2
+# %% ../nbs/04_learner.ipynb #17804932
 @patch
 def one_batch(self:Learner):
     "Predict, compute the loss and, while training, step; `CancelBatchException` skips to `after_batch`"
@@ -198,7 +204,7 @@ def one_epoch(self:Learner, train, dl=None):
     except CancelEpochException: pass
     self('after_epoch')
 
-# %% ../nbs/04_learner.ipynb #e03e6641
+# %% ../nbs/04_learner.ipynb #44780f8b
 @patch
 def _run(self:Learner, n_epochs, body, cbs=None):
     "Add `cbs` for this call, run `before_fit`, `body()`, then `after_fit` whatever happens"
@@ -229,7 +235,7 @@ def fit(self:Learner, n_epochs, cbs=None, start_epoch=0):
             self.one_epoch(False)
     self._run(n_epochs, _epochs, cbs)
 
-# %% ../nbs/04_learner.ipynb #7c3a581e
+# %% ../nbs/04_learner.ipynb #63176e6c
 class SetupLearnerCB(Callback):
     "Move the model and each batch to `device` (default: CUDA if available), and apply `dls.tfm_x` to the inputs"
     order = -10
@@ -244,7 +250,7 @@ class SetupLearnerCB(Callback):
         tfm = getattr(self.dls, 'tfm_x', None)
         self.learner.batch = (tfm(xb) if tfm else xb), yb
 
-# %% ../nbs/04_learner.ipynb #4a8282ac
+# %% ../nbs/04_learner.ipynb #09249590
 class TrackResults(Callback):
     "Print `epoch, training, loss, accuracy` after each phase (the chapter's rows)"
     run_preds = False  # reports training runs only (see `get_preds`)
@@ -262,7 +268,7 @@ class TrackResults(Callback):
         if n == 0: return  # a phase with no batch (e.g. validation skipped by the LR finder): nothing to report
         print(self.epoch, self.model.training, sum(self.losses).item() / n, sum(self.accs).item() / n)
 
-# %% ../nbs/04_learner.ipynb #f8a61cca
+# %% ../nbs/04_learner.ipynb #358c8537
 def accuracy(preds, targs):
     "Fraction of rows of `preds` whose largest value is at the index `targs`"
     return (preds.argmax(dim=1) == targs).float().mean()
@@ -274,7 +280,7 @@ def _weighted_means(vals, ns, k):
     w = torch.tensor(ns, dtype=t.dtype, device=t.device)
     return ((t * w[:, None]).sum(0) / w.sum()).tolist()
 
-# %% ../nbs/04_learner.ipynb #95af269d
+# %% ../nbs/04_learner.ipynb #be60d618
 class Recorder(Callback):
     "Keep the loss and `lr` of each training batch and, after each epoch, `[epoch, train_loss, valid_loss, *metrics, time]`"
     order, run_preds = 50, False
@@ -305,7 +311,7 @@ class Recorder(Callback):
         self.valid_iters.append(len(self.losses))
         self._train_loss = None
 
-# %% ../nbs/04_learner.ipynb #d3bdc1f8
+# %% ../nbs/04_learner.ipynb #2c391ac4
 def _ax(ax):
     import matplotlib.pyplot as plt
     return ax if ax is not None else plt.subplots()[1]
@@ -326,7 +332,7 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #168deedf
+# %% ../nbs/04_learner.ipynb #bc5f915b
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
 class _Table:
@@ -373,7 +379,7 @@ class ProgressCB(Callback):
         train = [list(range(len(r.losses))), torch.stack(r.losses).float().cpu().tolist() if r.losses else []]
         self.mbar.update_graph([train, [r.valid_iters, [v[2] for v in r.values]]])
 
-# %% ../nbs/04_learner.ipynb #5529095e
+# %% ../nbs/04_learner.ipynb #7f5803e7
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
     if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
@@ -390,7 +396,7 @@ def _check_shapes(own, saved, fn):
         if v.shape != saved[k].shape:
             raise ValueError(f"{fn} does not fit this model: `{k}` has shape {tuple(saved[k].shape)}, the model's {tuple(v.shape)}")
 
-# %% ../nbs/04_learner.ipynb #a56b8782
+# %% ../nbs/04_learner.ipynb #3538aa6a
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
@@ -417,7 +423,7 @@ def load(self:Learner, name, with_opt=True):
     self.iter, self.epoch = state['iter'], state.get('epoch', 0)
     return self
 
-# %% ../nbs/04_learner.ipynb #554415f8
+# %% ../nbs/04_learner.ipynb #223c0ed8
 class _GatherPreds(Callback):
     "Collect the predictions and targets of every batch"
     order = 100
@@ -447,7 +453,7 @@ def validate(self:Learner, dl=None, metrics=None):
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
 
-# %% ../nbs/04_learner.ipynb #f685f139
+# %% ../nbs/04_learner.ipynb #ee31441a
 @patch
 def snapshot(self:Learner):
     "An in-memory copy of what training changes: the model's and optimiser's states, `lr`, `iter` and `epoch`"
@@ -463,7 +469,7 @@ def restore(self:Learner, state):
     else: self.opt.load_state_dict(state['opt'])
     self.lr, self.iter, self.epoch = state['lr'], state['iter'], state['epoch']
 
-# %% ../nbs/04_learner.ipynb #fe0f7ed5
+# %% ../nbs/04_learner.ipynb #63f2ce82
 class MixedPrecisionCB(Callback):
     "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
     order = 10
