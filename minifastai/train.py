@@ -7,7 +7,7 @@ __all__ = ['ARCHS', 'decode_cache', 'crop_thetas', 'crop_grid', 'affine_crop', '
            'cached_dls', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'save_plots', 'EpochSeed', 'RunLog',
            'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #09ab8ef1
+# %% ../nbs/07_train.ipynb #d96e0b02
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
@@ -22,7 +22,7 @@ from .learner import *
 from .schedulers import *
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #9c90a9a4
+# %% ../nbs/07_train.ipynb #dbbd8783
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -34,7 +34,7 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #df24c41d
+# %% ../nbs/07_train.ipynb #573d2c3a
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -54,7 +54,7 @@ def crop_thetas(n, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None
     if flip: w = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w)
     return _thetas(w, h, cx, cy)
 
-# %% ../nbs/07_train.ipynb #bf275dc3
+# %% ../nbs/07_train.ipynb #ecbb9776
 def crop_grid(thetas, size):
     "`F.affine_grid(thetas, (n, c, size, size), align_corners=False)` for axis-aligned `thetas`, as an outer sum."
     p = (2 * torch.arange(size, device=thetas.device, dtype=thetas.dtype) + 1) / size - 1  # pixel centres in [-1, 1]
@@ -68,7 +68,7 @@ def affine_crop(x, thetas, size):
     grid = crop_grid(thetas.to(x.device, x.dtype), size)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #b019d2a2
+# %% ../nbs/07_train.ipynb #24bc45a3
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`."
     def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None):
@@ -79,24 +79,26 @@ class DeviceLoader:
 
     def __len__(self): return len(self.x) // self.bs if self.train else math.ceil(len(self.x) / self.bs)
 
-    def augment(self, xb, generator):
-        "Training: random resized crops (and flips) to `size`; validation: the images as they are, as floats."
-        if not self.train: return xb.float()
-        return affine_crop(xb, crop_thetas(len(xb), self.scale, flip=self.flip, generator=generator), self.size)
+    def draw(self):
+        "This epoch's shuffled order (on the cache's device) and crops (on `device`), from `seed` and the epoch."
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self) * self.bs
+        idxs = torch.randperm(len(self.x), generator=g)[:n]
+        return idxs.to(self.x.device), crop_thetas(n, self.scale, flip=self.flip, generator=g).to(self.device)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.train: idxs, thetas = self.draw()
         self.epoch += 1
-        idxs = torch.randperm(len(self.x), generator=g) if self.train else torch.arange(len(self.x))
         for b in range(len(self)):
-            i = idxs[b * self.bs:(b + 1) * self.bs].to(self.x.device)
-            xb, yb = to_device((self.x[i], self.y[i]), self.device, non_blocking=True)
-            yield self.norm(self.augment(xb, g)), yb
+            s = slice(b * self.bs, (b + 1) * self.bs)
+            xb, yb = (self.x[idxs[s]], self.y[idxs[s]]) if self.train else (self.x[s], self.y[s])
+            xb, yb = to_device((xb, yb), self.device, non_blocking=True)
+            yield self.norm(affine_crop(xb, thetas[s], self.size) if self.train else xb.float()), yb
 
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #30950295
+# %% ../nbs/07_train.ipynb #f5263a2b
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -120,7 +122,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #c75321ab
+# %% ../nbs/07_train.ipynb #34efcd5d
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -144,7 +146,7 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #e6ed26ed
+# %% ../nbs/07_train.ipynb #3a404d46
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -152,7 +154,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2))  # stats: from one training batch, lazily
 
-# %% ../nbs/07_train.ipynb #e445aa41
+# %% ../nbs/07_train.ipynb #690a7b13
 def save_plots(log, out):
     "Write `loss.png` and `lr.png` for the run `log` (per-batch `losses`, `lrs`; per-epoch `epochs`) into `out`."
     import matplotlib
@@ -169,7 +171,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #a8e71e5c
+# %% ../nbs/07_train.ipynb #43f80c7a
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -198,7 +200,7 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = self.learner.snapshot()
 
-# %% ../nbs/07_train.ipynb #821567b1
+# %% ../nbs/07_train.ipynb #43642397
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
@@ -281,7 +283,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #f95622ff
+# %% ../nbs/07_train.ipynb #245297b4
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -346,5 +348,5 @@ def main(argv=None):
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
         raise SystemExit(130)
 
-# %% ../nbs/07_train.ipynb #a9a99d5a
+# %% ../nbs/07_train.ipynb #f5cf0627
 if __name__ == '__main__' and '__file__' in globals(): main()
