@@ -9,7 +9,7 @@ Each recipe runs the real command (`minifastai.train.main`) into a temporary fol
 metrics.json: decode = data setup (decoding into the cache, or the loaders' first setup), train = `fit`
 (epochs with validation), epoch = the last epoch's time (train + valid), total = the whole command. CPU
 numbers need MINIFASTAI_MIRROR to point at a folder with imagenette2-160.tgz when there is no internet.
-`gpu --sweep` first trains 5 epochs for each lr and weight decay of GPU_SWEEP and keeps the most accurate
+`gpu --sweep` first trains 5 epochs for each optimizer, lr and weight decay of GPU_SWEEP, keeps the most accurate
 for the timed runs. The GPU peer is plain PyTorch (torch DataLoader with PIL random-resized-crop workers,
 torch.nn resnet18 written inline: torchvision is not a dependency), run in the same process so the ratio
 is on one card. bench/gpu.sh runs all of it in one call on a lent GPU machine.
@@ -27,8 +27,9 @@ CPU_RECIPES = {  # name: (arguments of minifastai-train, extra flags)
     '(a) chapter recipe, plain path': (CHAPTER, ['--no-fast']),
     '(b) best CPU recipe': (dict(arch='resnet_small', size=56, epochs=5, lr=0.2), []),  # = the CLI defaults
 }
-GPU_RECIPE = dict(arch='resnet18', size=128, bs=256, lr=0.4, wd=5e-4, ls=0.1)  # lr, wd: guesses until a sweep has run
-GPU_SWEEP = [dict(lr=lr, wd=wd) for lr in (0.2, 0.4, 0.8) for wd in (5e-5, 5e-4)]
+GPU_RECIPE = dict(arch='resnet18', size=128, bs=256, opt='sgd', lr=0.4, wd=5e-4, ls=0.1)  # opt, lr, wd: guesses until a sweep has run
+GPU_SWEEP = ([dict(opt='sgd', lr=lr, wd=wd) for lr in (0.2, 0.4, 0.8) for wd in (5e-5, 5e-4)] +
+             [dict(opt='adam', lr=lr, wd=0.05) for lr in (2e-3, 4e-3, 8e-3)])
 SMOKE = dict(size=32, bs=32, workers=2)   # gpu --smoke: the GPU benchmark's code path, small enough for a CPU
 
 def cpu_seconds():
@@ -154,14 +155,14 @@ def gpu(archive, sweep=False, smoke=False):
         path = next(p for p in [path, *path.iterdir()] if (p/'train').is_dir())
         if smoke: path = subset(path, Path(d)/'smoke')
         if sweep:
-            runs = [(s, row(f"lr {s['lr']}, wd {s['wd']}", train(recipe | s | {'epochs': lengths[0]}, data=path))) for s in GPU_SWEEP]
+            runs = [(s, row(f"{s['opt']} lr {s['lr']}, wd {s['wd']}", train(recipe | s | {'epochs': lengths[0]}, data=path))) for s in GPU_SWEEP]
             table([r for _, r in runs])
             best = max(runs, key=lambda r: r[1][-1])[0]
             print(f'best of the sweep: {best}')
             recipe = recipe | best
         rows = []
         for epochs in lengths:
-            rows.append(row(f"minifastai resnet18 (lr {recipe['lr']}, wd {recipe['wd']})", train(recipe | {'epochs': epochs}, data=path)))
+            rows.append(row(f"minifastai resnet18 ({recipe['opt']} lr {recipe['lr']})", train(recipe | {'epochs': epochs}, data=path)))
             rows.append(peer(path, epochs, bs=recipe['bs'], size=recipe['size'], workers=recipe.get('workers'), device=recipe['device']))
     name = torch.cuda.get_device_name() if recipe['device'] == 'cuda' else 'none (--smoke: CPU)'
     print(f'\nGPU: {name}, {os.cpu_count()} CPU cores, torch {torch.__version__}')
