@@ -21,13 +21,13 @@ import torch
 from minifastai.train import main
 from minifastai.data import extract_archive
 
-CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, lr=0.1, bs=128, mom=0.9, wd=0, ls=0)  # + momentum (cycled)
+CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, opt='sgd', lr=0.1, bs=128, mom=0.9, wd=0, ls=0)  # + momentum (cycled)
 CPU_RECIPES = {  # name: (arguments of minifastai-train, extra flags)
     '(a) chapter recipe, fast path': (CHAPTER | {'min-scale': 1.0}, []),
     '(a) chapter recipe, plain path': (CHAPTER, ['--no-fast']),
-    '(b) best CPU recipe': (dict(arch='resnet_small', size=56, epochs=5, lr=0.2), []),  # = the CLI defaults
+    '(b) best CPU recipe': (dict(arch='resnet_small', size=56, epochs=5, opt='adam', lr=3e-3, wd=0.01, **{'min-scale': 0.5}), []),  # = the CLI defaults
 }
-GPU_RECIPE = dict(arch='resnet18', size=128, bs=256, opt='sgd', lr=0.4, wd=5e-4, ls=0.1)  # opt, lr, wd: guesses until a sweep has run
+GPU_RECIPE = dict(arch='resnet18', size=128, bs=256, opt='adam', lr=4e-3, wd=0.05, ls=0.1)  # opt, lr, wd: guesses until a sweep has run
 GPU_SWEEP = ([dict(opt='sgd', lr=lr, wd=wd) for lr in (0.2, 0.4, 0.8) for wd in (5e-5, 5e-4)] +
              [dict(opt='adam', lr=lr, wd=0.05) for lr in (2e-3, 4e-3, 8e-3)])
 SMOKE = dict(size=32, bs=32, workers=2)   # gpu --smoke: the GPU benchmark's code path, small enough for a CPU

@@ -7,7 +7,7 @@ __all__ = ['ARCHS', 'OPTS', 'OPT_DEFAULTS', 'decode_cache', 'cache_size', 'crop_
            'DeviceLoader', 'CachedDataLoaders', 'cache_stats', 'cached_dls', 'TrainError', 'get_data', 'split_files',
            'plain_dls', 'save_plots', 'EpochSeed', 'RunLog', 'make_learner', 'find_lr', 'run', 'get_parser', 'main']
 
-# %% ../nbs/07_train.ipynb #16b895e1
+# %% ../nbs/07_train.ipynb #1175f291
 import argparse, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from .learner import *
 from .schedulers import *
 from .mixup import *
 
-# %% ../nbs/07_train.ipynb #aef3ebb5
+# %% ../nbs/07_train.ipynb #5f9b96cd
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels."
     dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
@@ -35,13 +35,13 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #051026ad
+# %% ../nbs/07_train.ipynb #c08ae865
 def cache_size(fns, size, n=8):
     "The training cache's size: `size*5//4`, but no more than the images' shorter side (from `n` of them), nor less than `size`."
     src = min(min(Image.open(f).size) for f in fns[::max(1, len(fns) // n)])
     return max(size, min(size * 5 // 4, src))
 
-# %% ../nbs/07_train.ipynb #fd200848
+# %% ../nbs/07_train.ipynb #3ddee950
 def _uniform(n, lo, hi, generator=None):
     "`n` floats drawn uniformly in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -61,7 +61,7 @@ def crop_thetas(n, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None
     if flip: w = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w)
     return _thetas(w, h, cx, cy)
 
-# %% ../nbs/07_train.ipynb #11b5ac47
+# %% ../nbs/07_train.ipynb #3bad63db
 def crop_grid(thetas, size):
     "`F.affine_grid(thetas, (n, c, size, size), align_corners=False)` for axis-aligned `thetas`, as an outer sum."
     p = (2 * torch.arange(size, device=thetas.device, dtype=thetas.dtype) + 1) / size - 1  # pixel centres in [-1, 1]
@@ -75,7 +75,7 @@ def affine_crop(x, thetas, size):
     grid = crop_grid(thetas.to(x.device, x.dtype), size)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-# %% ../nbs/07_train.ipynb #04767930
+# %% ../nbs/07_train.ipynb #e87b9f29
 class DeviceLoader:
     "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`."
     def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None):
@@ -105,7 +105,7 @@ class DeviceLoader:
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes."
 
-# %% ../nbs/07_train.ipynb #be0af614
+# %% ../nbs/07_train.ipynb #f58fb938
 class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity."
     def tfm_x(self, xb): return xb
@@ -129,7 +129,7 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
                              DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats)
 
-# %% ../nbs/07_train.ipynb #2a5db15b
+# %% ../nbs/07_train.ipynb #bf5d80d4
 class TrainError(Exception):
     "A problem with the user's input (arguments, data folder) that deserves one line, not a traceback."
 
@@ -153,7 +153,7 @@ def split_files(path):
     vocab = sorted(set(map(parent_label, train_fns)))
     return train_fns, valid_fns, {v: i for i, v in enumerate(vocab)}
 
-# %% ../nbs/07_train.ipynb #50af88a0
+# %% ../nbs/07_train.ipynb #7b09bf82
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation."
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -161,7 +161,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2))  # stats: from one training batch, lazily
 
-# %% ../nbs/07_train.ipynb #b6a0914d
+# %% ../nbs/07_train.ipynb #0325ab8f
 def save_plots(log, out):
     "Write `loss.png` and `lr.png` for the run `log` (per-batch `losses`, `lrs`; per-epoch `epochs`) into `out`."
     import matplotlib
@@ -178,7 +178,7 @@ def save_plots(log, out):
     ax.plot(log['lrs']); ax.set(xlabel='training batch', ylabel='learning rate', title='Learning rate schedule')
     fig.savefig(out / 'lr.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/07_train.ipynb #30c22f24
+# %% ../nbs/07_train.ipynb #b019c3ef
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase."
     order = -20
@@ -207,7 +207,7 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = self.learner.snapshot()
 
-# %% ../nbs/07_train.ipynb #4c77a9a0
+# %% ../nbs/07_train.ipynb #8f62a59d
 OPTS = {'sgd': SGD, 'adam': Adam}
 OPT_DEFAULTS = {'sgd': dict(lr=0.2, wd=5e-4), 'adam': dict(lr=3e-3, wd=0.01)}   # Adam's weight decay is decoupled
 
@@ -294,7 +294,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s, total {t['total_s']:.1f}s. Wrote model.pth, metrics.json, loss.png, "
           f"lr.png to {out}")
 
-# %% ../nbs/07_train.ipynb #a1851dc5
+# %% ../nbs/07_train.ipynb #a0c11e1d
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -321,15 +321,15 @@ def get_parser():
     a('--arch', choices=list(ARCHS), default='resnet_small', help='model (default: %(default)s)')
     a('--size', type=pos(int), default=56, help='training image size in pixels (default: %(default)s)')
     a('--epochs', type=pos(int), default=5, help='(default: %(default)s)')
-    a('--opt', choices=list(OPTS), default='sgd', help='optimizer: SGD with momentum, or Adam (default: %(default)s)')
-    a('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule, or 'find' (default: 0.2 with sgd, 0.003 with adam)")
+    a('--opt', choices=list(OPTS), default='adam', help='optimizer: Adam, or SGD with momentum (default: %(default)s)')
+    a('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule, or 'find' (default: 0.003 with adam, 0.2 with sgd)")
     a('--bs', type=pos(int), default=128, help='batch size (default: %(default)s)')
     a('--workers', type=nonneg(int), default=os.cpu_count(), help='decoding processes; 0: decode in this process (default: all cores)')
     a('--mixup', type=nonneg(float), default=0., metavar='ALPHA', help='Mixup with Beta(ALPHA, ALPHA); 0: off (default)')
     a('--ls', type=nonneg(float), default=0.1, help='label smoothing (default: %(default)s)')
-    a('--wd', type=nonneg(float), default=None, help='weight decay (default: 5e-4 with sgd, 0.01 with adam, where it is decoupled)')
+    a('--wd', type=nonneg(float), default=None, help='weight decay (default: 0.01 with adam, where it is decoupled; 5e-4 with sgd)')
     a('--mom', type=nonneg(float), default=0.9, help="momentum (Adam's first beta; cycled 0.95-0.85-0.95 when > 0; default: %(default)s)")
-    a('--min-scale', type=pos(float), default=0.35, help='smallest area of a random crop (default: %(default)s)')
+    a('--min-scale', type=pos(float), default=0.5, help='smallest area of a random crop, as a fraction of the image (default: %(default)s)')
     a('--device', default=None, help='cpu, cuda, cuda:1, ... (default: CUDA when available)')
     a('--seed', type=int, default=0, help='(default: %(default)s)')
     a('--out', type=Path, default=None, help='output folder (default: runs/<date>-<time>)')
@@ -362,5 +362,5 @@ def main(argv=None):
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
         raise SystemExit(130)
 
-# %% ../nbs/07_train.ipynb #100a3dc2
+# %% ../nbs/07_train.ipynb #20f97a88
 if __name__ == '__main__' and '__file__' in globals(): main()
