@@ -7,7 +7,7 @@ __all__ = ['EVENTS', 'Optimizer', 'SGD', 'Adam', 'TorchOpt', 'torch_opt', 'Cance
            'CancelBatchException', 'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder',
            'ProgressCB', 'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #84f17e8c
+# %% ../nbs/04_learner.ipynb #0058db69
 import copy, math, os, re, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
 from fastprogress.core import format_time
 from .data import default_device, to_device, atomic_write
 
-# %% ../nbs/04_learner.ipynb #0c29b518
+# %% ../nbs/04_learner.ipynb #696b8256
 class Optimizer:
     "Parameters that train, settings as attributes, and per-parameter state lists named in `states`"
     states = ()
@@ -44,6 +44,8 @@ class Optimizer:
     def state_dict(self): return {k: getattr(self, k) for k in self.settings} | {k: list(getattr(self, k)) for k in self.states}
 
     def load_state_dict(self, sd):
+        missing = [k for k in (*self.settings, *self.states) if k not in sd]
+        if missing: raise ValueError(f"optimizer state lacks {', '.join(missing)}: was it saved by another optimizer?")
         for k in self.states:
             if len(sd[k]) != len(self.params):
                 raise ValueError(f"optimizer state has {len(sd[k])} parameters, this optimizer has {len(self.params)}")
@@ -70,7 +72,7 @@ class SGD(Optimizer):
             gs = vs
         torch._foreach_add_(ps, gs, alpha=-self.lr)
 
-# %% ../nbs/04_learner.ipynb #3cbb2ed3
+# %% ../nbs/04_learner.ipynb #0f0df805
 class Adam(Optimizer):
     "Adam with decoupled weight decay (AdamW): steps along the debiased average of the gradients over the root of that of their squares"
     states = ('ms', 'vs')   # the averages of the gradients and of their squares
@@ -92,7 +94,7 @@ class Adam(Optimizer):
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(ps, ms, denom, value=-self.lr / (1 - self.mom ** self.t))
 
-# %% ../nbs/04_learner.ipynb #f82b1633
+# %% ../nbs/04_learner.ipynb #d7e7020f
 class TorchOpt(GetAttr):
     "A `torch.optim` optimizer whose learning rate and momentum read and write as `.lr` and `.mom`"
     _default = 'opt'
@@ -123,7 +125,7 @@ def torch_opt(cls, wd=0., **kwargs):
     def _opt_func(params, lr): return TorchOpt(cls(params, lr=lr, weight_decay=wd, **kwargs))
     return _opt_func
 
-# %% ../nbs/04_learner.ipynb #4a3ff99f
+# %% ../nbs/04_learner.ipynb #7086e52e
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_pred', 'after_loss',
           'after_backward', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
 
@@ -134,7 +136,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of this batch; `after_batch` still runs"
 
-# %% ../nbs/04_learner.ipynb #24a1d4d5
+# %% ../nbs/04_learner.ipynb #30c3a610
 class Callback(GetAttr):
     "Base class of callbacks: reads the learner's attributes as its own (`self.model` is `self.learner.model`)"
     _default, order = 'learner', 0
@@ -155,7 +157,7 @@ class Callback(GetAttr):
                                  f"without changing it: write `self.learner.{k} = ...` instead")
         super().__setattr__(k, v)
 
-# %% ../nbs/04_learner.ipynb #10d6c48e
+# %% ../nbs/04_learner.ipynb #ce7ad39e
 def _set_mode(model, train):
     "Put `model` in training or evaluation mode (`model.train(flag)`; else the chapter's `training` flag)"
     if callable(getattr(model, 'train', None)): model.train(train)
@@ -178,7 +180,7 @@ class Learner:
         if fs is None: fs = self._handlers[name] = [f for cb in self.cbs if (f := getattr(cb, name, None))]
         for f in fs: f()
 
-# %% ../nbs/04_learner.ipynb #476ca0ca
+# %% ../nbs/04_learner.ipynb #03e2531a
 @patch
 def add_cb(self:Learner, cb):
     cb.learner = self
@@ -203,7 +205,7 @@ def add_cbs(self:Learner, cbs):
 def remove_cbs(self:Learner, cbs):
     for cb in listify(cbs): self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #cbc82fd9
+# %% ../nbs/04_learner.ipynb #9eda6c85
 @patch
 def one_batch(self:Learner):
     "Predict, compute the loss and, while training, step; `CancelBatchException` skips to `after_batch`"
@@ -237,7 +239,7 @@ def one_epoch(self:Learner, train, dl=None):
     except CancelEpochException: pass
     self('after_epoch')
 
-# %% ../nbs/04_learner.ipynb #ad14fbfd
+# %% ../nbs/04_learner.ipynb #8ef97c2b
 @patch
 def _run(self:Learner, n_epochs, body, cbs=None):
     "Add `cbs` for this call, run `before_fit`, `body()`, then `after_fit` whatever happens"
@@ -268,7 +270,7 @@ def fit(self:Learner, n_epochs, cbs=None, start_epoch=0):
             self.one_epoch(False)
     self._run(n_epochs, _epochs, cbs)
 
-# %% ../nbs/04_learner.ipynb #7e7b7943
+# %% ../nbs/04_learner.ipynb #ec81036b
 class SetupLearnerCB(Callback):
     "Move the model and each batch to `device` (default: CUDA if available), and apply `dls.tfm_x` to the inputs"
     order = -10
@@ -283,7 +285,7 @@ class SetupLearnerCB(Callback):
         tfm = getattr(self.dls, 'tfm_x', None)
         self.learner.batch = (tfm(xb) if tfm else xb), yb
 
-# %% ../nbs/04_learner.ipynb #9bfe6b3d
+# %% ../nbs/04_learner.ipynb #aaa74adb
 class TrackResults(Callback):
     "Print `epoch, training, loss, accuracy` after each phase (the chapter's rows)"
     run_preds = False  # reports training runs only (see `get_preds`)
@@ -301,7 +303,7 @@ class TrackResults(Callback):
         if n == 0: return  # a phase with no batch (e.g. validation skipped by the LR finder): nothing to report
         print(self.epoch, self.model.training, sum(self.losses).item() / n, sum(self.accs).item() / n)
 
-# %% ../nbs/04_learner.ipynb #fb832ef4
+# %% ../nbs/04_learner.ipynb #5232b069
 def accuracy(preds, targs):
     "Fraction of rows of `preds` whose largest value is at the index `targs`"
     return (preds.argmax(dim=1) == targs).float().mean()
@@ -313,7 +315,7 @@ def _weighted_means(vals, ns, k):
     w = torch.tensor(ns, dtype=t.dtype, device=t.device)
     return ((t * w[:, None]).sum(0) / w.sum()).tolist()
 
-# %% ../nbs/04_learner.ipynb #b731896e
+# %% ../nbs/04_learner.ipynb #0f8abac9
 class Recorder(Callback):
     "Keep the loss and `lr` of each training batch and, after each epoch, `[epoch, train_loss, valid_loss, *metrics, time]`"
     order, run_preds = 50, False
@@ -344,7 +346,7 @@ class Recorder(Callback):
         self.valid_iters.append(len(self.losses))
         self._train_loss = None
 
-# %% ../nbs/04_learner.ipynb #93616016
+# %% ../nbs/04_learner.ipynb #366a4153
 def _ax(ax):
     import matplotlib.pyplot as plt
     return ax if ax is not None else plt.subplots()[1]
@@ -365,7 +367,7 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #b640b1fc
+# %% ../nbs/04_learner.ipynb #ea9d05f8
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
 class _Table:
@@ -412,7 +414,7 @@ class ProgressCB(Callback):
         train = [list(range(len(r.losses))), torch.stack(r.losses).float().cpu().tolist() if r.losses else []]
         self.mbar.update_graph([train, [r.valid_iters, [v[2] for v in r.values]]])
 
-# %% ../nbs/04_learner.ipynb #a2c168fa
+# %% ../nbs/04_learner.ipynb #0f8d259b
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
     if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
@@ -429,7 +431,7 @@ def _check_shapes(own, saved, fn):
         if v.shape != saved[k].shape:
             raise ValueError(f"{fn} does not fit this model: `{k}` has shape {tuple(saved[k].shape)}, the model's {tuple(v.shape)}")
 
-# %% ../nbs/04_learner.ipynb #80f3f1d1
+# %% ../nbs/04_learner.ipynb #4561fb8b
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
@@ -456,7 +458,7 @@ def load(self:Learner, name, with_opt=True):
     self.iter, self.epoch = state['iter'], state.get('epoch', 0)
     return self
 
-# %% ../nbs/04_learner.ipynb #8c8348a6
+# %% ../nbs/04_learner.ipynb #a5a5f5a8
 class _GatherPreds(Callback):
     "Collect the predictions and targets of every batch"
     order = 100
@@ -486,7 +488,7 @@ def validate(self:Learner, dl=None, metrics=None):
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
 
-# %% ../nbs/04_learner.ipynb #afa438e8
+# %% ../nbs/04_learner.ipynb #cbc0fabb
 @patch
 def snapshot(self:Learner):
     "An in-memory copy of what training changes: the model's and optimiser's states, `lr`, `iter` and `epoch`"
@@ -502,7 +504,7 @@ def restore(self:Learner, state):
     else: self.opt.load_state_dict(state['opt'])
     self.lr, self.iter, self.epoch = state['lr'], state['iter'], state['epoch']
 
-# %% ../nbs/04_learner.ipynb #9114b5e8
+# %% ../nbs/04_learner.ipynb #d016fba5
 class MixedPrecisionCB(Callback):
     "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
     order = 10
