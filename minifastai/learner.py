@@ -7,14 +7,14 @@ __all__ = ['EVENTS', 'Optimizer', 'SGD', 'Adam', 'TorchOpt', 'torch_opt', 'Cance
            'CancelBatchException', 'Callback', 'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder',
            'ProgressCB', 'MixedPrecisionCB', 'ChannelsLastCB']
 
-# %% ../nbs/04_learner.ipynb #0058db69
-import copy, math, os, re, sys, tempfile, time
+# %% ../nbs/04_learner.ipynb #d62caf60
+import copy, math, os, re, tempfile, time
 from pathlib import Path
 import torch
 from fastcore.basics import GetAttr, store_attr, listify, camel2snake, patch
-from fastprogress.fastprogress import master_bar, progress_bar, NBMasterBar
+from fastprogress.fastprogress import master_bar, progress_bar
 from fastprogress.core import format_time
-from .data import default_device, to_device, atomic_write
+from .data import default_device, to_device, atomic_write, in_notebook, show_bars
 
 # %% ../nbs/04_learner.ipynb #696b8256
 class Optimizer:
@@ -367,7 +367,7 @@ def plot_lr(self:Recorder, ax=None):
     ax.plot(self.lrs); ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     return ax
 
-# %% ../nbs/04_learner.ipynb #ea9d05f8
+# %% ../nbs/04_learner.ipynb #46e5f590
 def _fmt(v): return '' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
 class _Table:
@@ -383,8 +383,7 @@ class ProgressCB(Callback):
     def __init__(self, plot=False): self.plot = plot
 
     def before_fit(self):
-        in_nb = master_bar is NBMasterBar  # fastprogress picks its HTML bars in Jupyter
-        self.bars = in_nb or sys.stdout.isatty()
+        in_nb, self.bars = in_notebook(), show_bars()
         self.mbar = master_bar(range(self.n_epochs)) if self.bars else _Table()
         self.mbar.update(0)
         self.table = hasattr(self.learner, 'recorder')
