@@ -207,9 +207,9 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = self.learner.snapshot()
 
-# %% ../nbs/07_train.ipynb #8f62a59d
-OPTS = {'sgd': SGD, 'adam': Adam}
-OPT_DEFAULTS = {'sgd': dict(lr=0.2, wd=5e-4), 'adam': dict(lr=3e-3, wd=0.01)}   # Adam's weight decay is decoupled
+# %% ../nbs/07_train.ipynb #b84a7fab
+OPTS = {'adam': Adam, 'sgd': SGD}
+OPT_DEFAULTS = {'adam': dict(lr=3e-3, wd=0.01), 'sgd': dict(lr=0.2, wd=5e-4)}   # Adam's weight decay is decoupled
 
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
