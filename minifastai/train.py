@@ -35,11 +35,14 @@ def decode_cache(ds, n_workers=None, bs=256):
     dl.close()
     return x, y
 
-# %% ../nbs/07_train.ipynb #c08ae865
+# %% ../nbs/07_train.ipynb #16e5e65d
+def _short_side(fn):
+    "The shorter side of the image `fn`, from its header (nothing is decoded)."
+    with Image.open(fn) as im: return min(im.size)
+
 def cache_size(fns, size, n=8):
     "The training cache's size: `size*5//4`, but no more than the images' shorter side (from `n` of them), nor less than `size`."
-    src = min(min(Image.open(f).size) for f in fns[::max(1, len(fns) // n)])
-    return max(size, min(size * 5 // 4, src))
+    return max(size, min(size * 5 // 4, min(map(_short_side, fns[::max(1, len(fns) // n)]))))
 
 # %% ../nbs/07_train.ipynb #3ddee950
 def _uniform(n, lo, hi, generator=None):
