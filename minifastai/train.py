@@ -210,16 +210,15 @@ class RunLog(Callback):
         self.log['completed_epochs'] = self.epoch + 1
         self.snapshot = self.learner.snapshot()
 
-# %% ../nbs/07_train.ipynb #b84a7fab
+# %% ../nbs/07_train.ipynb #7984502e
 OPTS = {'adam': Adam, 'sgd': SGD}
 OPT_DEFAULTS = {'adam': dict(lr=3e-3, wd=0.01), 'sgd': dict(lr=0.2, wd=5e-4)}   # Adam's weight decay is decoupled
 
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks."
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
-    opt = OPTS[getattr(args, 'opt', 'sgd')]   # runs saved before --opt existed used SGD
     return Learner(ARCHS[args.arch](n_out), dls, partial(cross_entropy, label_smoothing=args.ls), 0.1, cbs,
-                   opt_func=partial(opt, wd=args.wd, mom=args.mom))
+                   opt_func=partial(OPTS[args.opt], wd=args.wd, mom=args.mom))
 
 def find_lr(learn, out):
     "Run the LR finder, save its plot to `out/lr_find.png`, and return its suggestion."
@@ -243,7 +242,7 @@ def _resume(args):
         raise TrainError(f'nothing to resume in {d}: it needs the model.pth and metrics.json of an interrupted run')
     log = json.loads((d/'metrics.json').read_text())
     if log['finished']: raise TrainError(f'the run in {d} is already complete')
-    saved = argparse.Namespace(**{**log['args'], 'out': d, 'resume': d})
+    saved = argparse.Namespace(**{'opt': 'sgd', **log['args'], 'out': d, 'resume': d})  # runs from before --opt: SGD
     print(f"resuming the run in {d} at epoch {log['completed_epochs']} of {saved.epochs}, with its arguments")
     return saved, log
 
