@@ -8,14 +8,18 @@
 #       -d .whl nbdev==2.4.14 "execnb<0.2" "fastcore<2" "fastprogress<1.1" "ghapi<2"
 #
 # then run `bash bench/gpu.sh` there, carrying `.whl` and `data/imagenette2-128.tgz` (about 62 MB together).
-# It runs the notebooks' `#| cuda` cells (the notebooks that need no Imagenette-160 archive, which is too big
-# to carry), then bench/train.py's GPU benchmark with its lr/wd sweep, and writes the whole log to $OUT.
+# It runs the notebooks' `#| cuda` cells (08_fastpath's picture of Imagenette-160, too big to carry, reads the
+# 128px copy extracted in its place), then bench/train.py's GPU benchmark with its lr/wd sweep, and writes the whole log to $OUT.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp}
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
-for nb in 01_module 02_layers 03_loss 07_train; do
+export MINIFASTAI_HOME=/tmp/mfhome
+mkdir -p $MINIFASTAI_HOME/data
+[ -d $MINIFASTAI_HOME/data/imagenette2-160 ] || { tar xzf data/imagenette2-128.tgz -C $MINIFASTAI_HOME/data &&
+    mv $MINIFASTAI_HOME/data/imagenette2-128 $MINIFASTAI_HOME/data/imagenette2-160; }
+for nb in 01_module 02_layers 03_loss 08_fastpath 09_train; do
     python3 -c "from nbdev.test import nbdev_test; nbdev_test(path='nbs/$nb.ipynb', flags='cuda')" \
         >>$OUT/cuda_tests.log 2>&1 && echo "cuda cells of $nb: passed" || echo "cuda cells of $nb: FAILED (see cuda_tests.log)"
 done

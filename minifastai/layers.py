@@ -6,7 +6,7 @@
 __all__ = ['ConvLayer', 'Linear', 'Sequential', 'AdaptivePool', 'MaxPool', 'simple_cnn', 'BatchNormFunction', 'BatchNorm',
            'ResBlock', 'resnet18', 'resnet_small']
 
-# %% ../nbs/02_layers.ipynb #b2202c34
+# %% ../nbs/02_layers.ipynb #79bda0a6
 import math
 import torch
 import torch.nn.functional as F
@@ -14,14 +14,14 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from .module import *
 
-# %% ../nbs/02_layers.ipynb #abf59fed
+# %% ../nbs/02_layers.ipynb #d6289d2e
 class ConvLayer(Module):
     "`ks`x`ks` convolution (padding `ks//2`), then optional `BatchNorm`, then optional ReLU"
     def __init__(self, ni, nf, stride=1, bias=True, act=True, ks=3, bn=False):
         super().__init__()
         self.w = Parameter(torch.zeros(nf, ni, ks, ks))
         self.b = Parameter(torch.zeros(nf)) if bias else None
-        self.act,self.stride,self.padding = act,stride,ks // 2
+        self.act, self.stride, self.padding = act, stride, ks // 2
         (nn.init.kaiming_normal_ if act else nn.init.xavier_normal_)(self.w)
         if bn: self.bn = BatchNorm(nf)
 
@@ -31,10 +31,10 @@ class ConvLayer(Module):
         return F.relu(x, inplace=True) if self.act else x
 
     def extra_repr(self):
-        nf,ni,ks,_ = self.w.shape
+        nf, ni, ks, _ = self.w.shape
         return f'{ni}, {nf}, ks={ks}, stride={self.stride}, bias={self.b is not None}, act={self.act}'
 
-# %% ../nbs/02_layers.ipynb #aabba55e
+# %% ../nbs/02_layers.ipynb #c7c4debf
 class Linear(Module):
     "Fully connected layer: `x @ w.t() + b`"
     def __init__(self, ni, nf, bias=True):
@@ -45,7 +45,7 @@ class Linear(Module):
 
     def forward(self, x): return F.linear(x, self.w, self.b)
 
-# %% ../nbs/02_layers.ipynb #ea3c6032
+# %% ../nbs/02_layers.ipynb #bc4fac1b
 class Sequential(Module):
     "Apply `layers` in order"
     def __init__(self, *layers):
@@ -60,7 +60,7 @@ class Sequential(Module):
     def __getitem__(self, i): return self.layers[i]
     def __len__(self): return len(self.layers)
 
-# %% ../nbs/02_layers.ipynb #8c7ed2b1
+# %% ../nbs/02_layers.ipynb #3e2518a6
 class AdaptivePool(Module):
     "Average over the spatial dimensions: (n, c, h, w) -> (n, c)"
     def forward(self, x): return x.mean((2, 3))
@@ -69,11 +69,11 @@ class MaxPool(Module):
     "Max pooling, `ks`x`ks` window"
     def __init__(self, ks=3, stride=2, padding=1):
         super().__init__()
-        self.ks,self.stride,self.padding = ks,stride,padding
+        self.ks, self.stride, self.padding = ks, stride, padding
     def forward(self, x): return F.max_pool2d(x, self.ks, self.stride, self.padding)
     def extra_repr(self): return f'ks={self.ks}, stride={self.stride}'
 
-# %% ../nbs/02_layers.ipynb #19abe37c
+# %% ../nbs/02_layers.ipynb #832fe86e
 def simple_cnn(n_out=10):
     "The book's CNN: four stride-2 `ConvLayer`s, pooling and a `Linear` layer"
     return Sequential(
@@ -84,7 +84,7 @@ def simple_cnn(n_out=10):
         AdaptivePool(),
         Linear(128, n_out))
 
-# %% ../nbs/02_layers.ipynb #dc846be9
+# %% ../nbs/02_layers.ipynb #4f18f91b
 def _chan(t): return t[:, None, None]
 
 def _acc(t):
@@ -118,23 +118,23 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g, _gmean, _gvar):
-        xc,w,invstd = ctx.saved_tensors
+        xc, w, invstd = ctx.saved_tensors
         n = xc.numel() // xc.shape[1]
-        gsum,gxhat = g.sum((0, 2, 3), dtype=_acc(xc)),_chan_dot(g, xc) * invstd
+        gsum, gxhat = g.sum((0, 2, 3), dtype=_acc(xc)), _chan_dot(g, xc) * invstd
         s = w * invstd
         dx = torch.mul(g, _chan(s), out=torch.empty_like(xc))
         dx.addcmul_(xc, _chan(-s * invstd * gxhat / n)).add_(_chan(-s * gsum / n))
         return dx, gxhat.to(w.dtype), gsum.to(w.dtype), None
 
-# %% ../nbs/02_layers.ipynb #446e1550
+# %% ../nbs/02_layers.ipynb #56b65cf4
 class BatchNorm(Module):
     "Batch normalization over the channels of (n, c, h, w) inputs, with running statistics for eval"
     def __init__(self, nf, eps=1e-5, mom=0.1):
         super().__init__()
-        self.w,self.b = Parameter(torch.ones(nf)),Parameter(torch.zeros(nf))
+        self.w, self.b = Parameter(torch.ones(nf)), Parameter(torch.zeros(nf))
         self.register_buffer('running_mean', torch.zeros(nf))
         self.register_buffer('running_var', torch.ones(nf))
-        self.eps,self.mom = eps,mom
+        self.eps, self.mom = eps, mom
 
     def update_stats(self, mean, var, n):
         with torch.no_grad():
@@ -147,13 +147,13 @@ class BatchNorm(Module):
             return (x * _chan(s).to(x.dtype)).add_(_chan(self.b - self.running_mean * s).to(x.dtype))
         n = x.numel() // x.shape[1]
         if n == 1: raise ValueError(f'BatchNorm needs more than one value per channel in training, got {tuple(x.shape)}')
-        y,mean,var = BatchNormFunction.apply(x, self.w, self.b, self.eps)
+        y, mean, var = BatchNormFunction.apply(x, self.w, self.b, self.eps)
         self.update_stats(mean, var, n)
         return y
 
     def extra_repr(self): return f'{len(self.w)}, eps={self.eps}, mom={self.mom}'
 
-# %% ../nbs/02_layers.ipynb #4031f0f0
+# %% ../nbs/02_layers.ipynb #224e437b
 class ResBlock(Module):
     "torchvision's BasicBlock: `relu(convs(x) + shortcut(x))`, with two 3x3 conv+batchnorm layers"
     def __init__(self, ni, nf, stride=1):
@@ -168,7 +168,7 @@ class ResBlock(Module):
         res += x if self.idconv is None else self.idconv(x)
         return F.relu(res, inplace=True)
 
-# %% ../nbs/02_layers.ipynb #9325d04c
+# %% ../nbs/02_layers.ipynb #236b97d3
 def _stage(ni, nf, stride, n_blocks): return [ResBlock(ni, nf, stride)] + [ResBlock(nf, nf) for _ in range(n_blocks - 1)]
 
 def resnet18(n_out=1000):

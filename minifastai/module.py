@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LoadResult', 'Parameter', 'HookHandle', 'Module', 'print_stats', 'print_shape', 'hooks']
 
-# %% ../nbs/01_module.ipynb #ef05070a
+# %% ../nbs/01_module.ipynb #af213bbe
 from collections import namedtuple
 from itertools import count
 import copy
@@ -13,7 +13,7 @@ from fastcore.basics import patch
 import torch
 from torch import Tensor, nn
 
-# %% ../nbs/01_module.ipynb #0bd1cf23
+# %% ../nbs/01_module.ipynb #0ec36e6c
 class Parameter(Tensor):
     "A tensor that is a trainable weight of a `Module`: it requires grad and marks itself for registration"
     __torch_function__ = torch._C._disabled_torch_function_impl
@@ -28,16 +28,16 @@ class Parameter(Tensor):
 
     def __reduce_ex__(self, proto): return Parameter, (self.data, self.requires_grad)
 
-# %% ../nbs/01_module.ipynb #c2d29bc7
+# %% ../nbs/01_module.ipynb #abff16ee
 class HookHandle:
     "Removes the hook it was returned for; also a context manager"
     _ids = count()
-    def __init__(self, hooks, fn): self.hooks,self.id = hooks,next(self._ids); hooks[self.id] = fn
+    def __init__(self, hooks, fn): self.hooks, self.id = hooks, next(self._ids); hooks[self.id] = fn
     def remove(self): self.hooks.pop(self.id, None)
     def __enter__(self): return self
     def __exit__(self, *args): self.remove()
 
-# %% ../nbs/01_module.ipynb #7d176e56
+# %% ../nbs/01_module.ipynb #cba27ed4
 def _is_param(v): return isinstance(v, (Parameter, nn.Parameter))
 def _is_module(v): return isinstance(v, (Module, nn.Module))
 
@@ -47,8 +47,8 @@ class Module:
     "Base class of our layers: registers `Parameter`s, child modules and buffers assigned as attributes"
     def __init__(self):
         d = self.__dict__
-        d['_params'],d['_modules'],d['_buffers'],d['_hooks'] = {},{},{},{}
-        d['hook'],d['_training'] = None,True
+        d['_params'], d['_modules'], d['_buffers'], d['_hooks'] = {}, {}, {}, {}
+        d['hook'], d['_training'] = None, True
 
     def __setattr__(self, k, v):
         if '_params' not in self.__dict__: raise AttributeError(f"call super().__init__() before assigning `{k}`")
@@ -89,7 +89,7 @@ class Module:
         "Call `fn(output, inputs)` after each `forward`; returns a handle with `remove()`"
         return HookHandle(self._hooks, fn)
 
-# %% ../nbs/01_module.ipynb #d9e6b1e8
+# %% ../nbs/01_module.ipynb #a449b234
 def _named(m, kind, prefix=''):
     "Pairs (dotted name, tensor) of `kind` ('params' or 'buffers') in `m` and its descendants"
     if isinstance(m, nn.Module):
@@ -103,7 +103,7 @@ def _unique(pairs):
     for k, v in pairs:
         if id(v) not in seen: seen.add(id(v)); yield k, v
 
-# %% ../nbs/01_module.ipynb #d9cef332
+# %% ../nbs/01_module.ipynb #26353f39
 @patch
 def named_parameters(self:Module):
     "List of (name, parameter), each parameter once"
@@ -126,7 +126,7 @@ def modules(self:Module):
     yield self
     for c in self.children: yield from c.modules()
 
-# %% ../nbs/01_module.ipynb #5dcf595f
+# %% ../nbs/01_module.ipynb #90ba6fb6
 @patch(as_prop=True)
 def training(self:Module): return self._training
 
@@ -148,7 +148,7 @@ def zero_grad(self:Module):
     "Forget the gradients of all parameters"
     for p in self.parameters(): p.grad = None
 
-# %% ../nbs/01_module.ipynb #93ac0032
+# %% ../nbs/01_module.ipynb #ebdce5fe
 def print_stats(outp, inp):
     "Hook: print the mean and std of a layer's output"
     print(f'{outp.mean().item():.4f} {outp.std().item():.4f}')
@@ -165,11 +165,11 @@ class hooks:
     def __enter__(self): return self
     def __exit__(self, *args): self.remove()
 
-# %% ../nbs/01_module.ipynb #fad2e169
+# %% ../nbs/01_module.ipynb #c47c8033
 def _parse_to(*args, device=None, dtype=None, non_blocking=False, memory_format=None):
     for a in args:
         if isinstance(a, torch.dtype): dtype = a
-        elif isinstance(a, Tensor): device,dtype = a.device,a.dtype
+        elif isinstance(a, Tensor): device, dtype = a.device, a.dtype
         else: device = a
     return device, dtype, non_blocking, memory_format
 
@@ -196,7 +196,7 @@ def cuda(self:Module, device=None): return self.to('cuda' if device is None else
 @patch
 def cpu(self:Module): return self.to('cpu')
 
-# %% ../nbs/01_module.ipynb #ab37e2dd
+# %% ../nbs/01_module.ipynb #b7e45311
 def _state(m):
     "The actual tensors (parameters and buffers) of `m`, by dotted name"
     if isinstance(m, nn.Module): return m.state_dict(keep_vars=True)
@@ -210,7 +210,7 @@ def state_dict(self:Module):
     return {k: v.detach() for k, v in _state(self).items() if v is not None}
 
 def _check_state(own, sd, strict):
-    missing,unexpected = [k for k in own if k not in sd],[k for k in sd if k not in own]
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
     bad = [f'{k}: got {tuple(sd[k].shape)}, expected {tuple(v.shape)}'
            for k, v in own.items() if k in sd and sd[k].shape != v.shape]
     errs = ([f'missing keys: {missing}'] if missing and strict else []) + (
@@ -229,7 +229,7 @@ def load_state_dict(self:Module, sd, strict=True):
             if k in sd: v.copy_(sd[k])
     return res
 
-# %% ../nbs/01_module.ipynb #f7228119
+# %% ../nbs/01_module.ipynb #15266635
 def _indent(s): return s.replace('\n', '\n  ')
 
 @patch
@@ -239,7 +239,7 @@ def extra_repr(self:Module):
 
 @patch
 def __repr__(self:Module):
-    name,extra = type(self).__name__,self.extra_repr()
+    name, extra = type(self).__name__, self.extra_repr()
     if not self._modules: return f'{name}({extra})'
     lines = ([f'  {extra}'] if extra else []) + [f'  ({k}): {_indent(repr(c))}' for k, c in self._modules.items()]
     return f'{name}(\n' + '\n'.join(lines) + '\n)'

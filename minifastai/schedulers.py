@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['Smoother', 'smooth', 'LRFinder', 'sched_lin', 'sched_cos', 'one_cycle_value', 'OneCycle']
 
-# %% ../nbs/05_schedulers.ipynb #5ed17b9d
+# %% ../nbs/05_schedulers.ipynb #7dff97cf
 import math
 import torch
 from fastcore.basics import store_attr, patch, listify
 from .learner import Learner, Callback, CancelFitException, CancelEpochException
 
-# %% ../nbs/05_schedulers.ipynb #8032f749
+# %% ../nbs/05_schedulers.ipynb #59f2c3f4
 class Smoother:
     "Debiased exponential moving average (as Adam keeps its moments): `add(x)` returns the average so far"
     def __init__(self, beta=0.9): self.beta, self.avg, self.n = beta, 0., 0
@@ -25,7 +25,7 @@ def smooth(xs, beta=0.9):
     s = Smoother(beta)
     return [s.add(x) for x in xs]
 
-# %% ../nbs/05_schedulers.ipynb #adb05a05
+# %% ../nbs/05_schedulers.ipynb #6f6a1da7
 class LRFinder(Callback):
     "LR range test: lr from `start_lr`, x`mult` per training batch, until lr > `max_lr`, a NaN, or `div` x the best loss"
     run_preds = False  # a training-run callback: `get_preds`/`validate` leave it out
@@ -55,7 +55,7 @@ class LRFinder(Callback):
 
     def after_fit(self): self.learner.restore(self.saved)
 
-# %% ../nbs/05_schedulers.ipynb #9ea6e0e1
+# %% ../nbs/05_schedulers.ipynb #1bcfeb9f
 @patch(as_prop=True)
 def lr_min(self:LRFinder):
     "The learning rate at the minimum of the smoothed loss"
@@ -66,7 +66,7 @@ def suggestion(self:LRFinder):
     "The suggested learning rate: `lr_min / 10`"
     return self.lr_min / 10
 
-# %% ../nbs/05_schedulers.ipynb #33a55cb7
+# %% ../nbs/05_schedulers.ipynb #853bdc69
 @patch
 def plot(self:LRFinder, ax=None):
     "Smoothed loss against learning rate on a log axis, with the suggestion marked (the explosion is cut at 2x the first loss)"
@@ -91,7 +91,7 @@ def lr_find(self:Learner, start_lr=1e-6, max_lr=10, plot=True, **kwargs):
     self.lr_finder = finder
     return finder.suggestion
 
-# %% ../nbs/05_schedulers.ipynb #8aaf29b7
+# %% ../nbs/05_schedulers.ipynb #8095568b
 def sched_lin(start, end, pct):
     "Linear annealing from `start` (pct=0) to `end` (pct=1)"
     return start + (end - start) * pct
@@ -105,7 +105,7 @@ def one_cycle_value(pct, start, peak, end, pct_start=0.25, anneal=sched_lin):
     if pct < pct_start: return anneal(start, peak, pct / pct_start)
     return anneal(peak, end, (pct - pct_start) / (1 - pct_start))
 
-# %% ../nbs/05_schedulers.ipynb #d181a5f3
+# %% ../nbs/05_schedulers.ipynb #842ad707
 def _has_mom(opt): return bool(getattr(opt, 'mom', 0))
 
 class OneCycle(Callback):
@@ -129,7 +129,7 @@ class OneCycle(Callback):
 
     def _at(self, pct, start, peak, end): return one_cycle_value(pct, start, peak, end, self.pct_start, self.anneal)
 
-# %% ../nbs/05_schedulers.ipynb #fc4a9298
+# %% ../nbs/05_schedulers.ipynb #0ebd9886
 @patch
 def plot(self:OneCycle, figsize=(8, 3)):
     "The learning rates (and momentums) set during the last fit, per training batch"
