@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['EVENTS', 'check_opt_state', 'SGD', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback',
-           'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB']
+           'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB', 'NonFiniteLossError',
+           'FiniteCheckCB', 'read_checkpoint']
 
 # %% ../nbs/04_learner.ipynb #1c55a331
 import copy, re, time
@@ -357,6 +358,35 @@ class ProgressCB(Callback):
         ax.set_xlabel('iteration'); ax.set_ylabel('loss')
         self.mbar.graph_out.update(ax.figure)
 
+# %% ../nbs/04_learner.ipynb #ad721d28
+class NonFiniteLossError(RuntimeError):
+    "The training loss became NaN or infinite: the run diverged"
+
+class FiniteCheckCB(Callback):
+    "Stop `fit` with a `NonFiniteLossError` naming the epoch and batch where the training loss became NaN or infinite"
+    run_preds = False
+    def __init__(self, every=50): self.every = every
+
+    def before_epoch(self): self._losses, self._first = [], 0
+
+    def after_batch(self):
+        if not self.training or self.loss is None: return
+        self._losses.append(self.loss.detach())
+        if len(self._losses) >= self.every: self._check()
+
+    def after_epoch(self):
+        if self.training: self._check()
+
+    def _check(self):
+        if not self._losses: return
+        ls = torch.stack(self._losses).float()
+        bad = (~torch.isfinite(ls)).nonzero()
+        if len(bad):
+            i = bad[0].item()
+            raise NonFiniteLossError(f"the training loss is {ls[i].item()} at epoch {self.epoch}, batch {self._first + i}: "
+                                     "the run diverged (a lower learning rate or weight decay may help)")
+        self._first, self._losses = self._first + len(self._losses), []
+
 # %% ../nbs/04_learner.ipynb #82d803f0
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
@@ -378,23 +408,46 @@ def _check_shapes(own, saved, fn):
 @patch
 def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
 
+def _dls_state(dls):
+    "What the data must carry for the model to predict (`dls.state_dict()`: statistics, vocabulary, size), if it has any"
+    sd = getattr(dls, 'state_dict', None)
+    return sd() if callable(sd) else None
+
+def read_checkpoint(fn):
+    "The contents of the checkpoint file `fn`, with an error naming `fn` if it is missing, unreadable or not ours"
+    fn = Path(fn)
+    if not fn.exists(): raise FileNotFoundError(f"no checkpoint {fn}")
+    try: state = torch.load(fn, map_location='cpu', weights_only=True)  # plain tensors and Python types only
+    except Exception as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else 'the file ends early'
+        raise ValueError(f"{fn} is not a readable checkpoint (truncated or not a checkpoint: {type(e).__name__}: {why})") from None
+    if not isinstance(state, dict) or 'model' not in state:
+        raise ValueError(f"{fn} is not a minifastai checkpoint (no 'model' entry; a plain state dict loads with "
+                         "`learn.model.load_state_dict(torch.load(fn))`)")
+    return state
+
 @patch
-def save(self:Learner, name):
-    "Save the model, the optimizer state and `iter` to `model_dir/name.pth`, atomically; return the path"
+def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
+
+@patch
+def save(self:Learner, name, meta=None):
+    "Save the model, the optimizer, the counters, the data's `state_dict` and `meta` to `model_dir/name.pth`, atomically"
     fn = self._ckpt(name)
     state = {'model': self.model.state_dict(), 'opt': None if self.opt is None else self.opt.state_dict(),
-             'iter': self.iter, 'epoch': self.epoch}
+             'iter': self.iter, 'epoch': self.epoch, 'dls': _dls_state(self.dls), 'meta': meta}
     with atomic_write(fn) as f: torch.save(_plain(state), f)
     return fn
 
 @patch
 def load(self:Learner, name, with_opt=True):
-    "Load a checkpoint written by `save` (onto the model's device); with `with_opt`, the optimizer state too"
+    "Load a checkpoint written by `save` (onto the model's device), the data's state, and with `with_opt` the optimizer's"
     fn = self._ckpt(name)
     if not fn.exists(): raise FileNotFoundError(f"no checkpoint {fn} (learn.model_dir is {self.model_dir})")
-    state = torch.load(fn, map_location='cpu', weights_only=True)  # load_state_dict copies onto the model's device
+    state = read_checkpoint(fn)
     _check_shapes(self.model.state_dict(), state['model'], fn)
-    self.model.load_state_dict(state['model'])
+    if state.get('dls') is not None and callable(getattr(self.dls, 'load_state_dict', None)):
+        self.dls.load_state_dict(state['dls'])   # first: it refuses another vocabulary before anything changed
+    self.model.load_state_dict(state['model'])   # copies onto the model's device
     if with_opt and state['opt'] is not None:
         if self.opt is None: self.create_opt()
         self.opt.load_state_dict(state['opt'])
