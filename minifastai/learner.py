@@ -118,8 +118,9 @@ class Learner:
         "Make `cbs` the callbacks: attach the new ones, detach those that left, rebuild the event table"
         new = tuple(sorted(listify(cbs), key=_order))
         for cb in new:
-            name, old = getattr(cb, 'name', None), getattr(self, getattr(cb, 'name', '') or '_', None)
-            if name and old is not None and all(old is not c for c in self._cbs):
+            name = getattr(cb, 'name', None)
+            held = getattr(self, name, None) if name else None
+            if held is not None and all(held is not c for c in self._cbs):
                 raise ValueError(f"a callback named `{name}` would replace the learner's attribute `{name}`")
         for cb in self._cbs:
             name = getattr(cb, 'name', None)
