@@ -6,8 +6,8 @@
 __all__ = ['image_extensions', 'imagenette_names', 'URLs', 'minifastai_home', 'mirrored', 'atomic_write', 'process_alive',
            'remove_leftovers', 'in_notebook', 'show_bars', 'download_url', 'CorruptArchiveError', 'extract_archive',
            'untar_data', 'get_image_files', 'image2tensor', 'parent_label', 'label_name', 'load_image', 'Dataset',
-           'show_image', 'collate', 'DataLoader', 'show_batch', 'default_device', 'to_device', 'Normalize',
-           'dataset_stats', 'DataLoaders']
+           'show_image', 'collate', 'shard', 'shard_len', 'DataLoader', 'show_batch', 'default_device', 'to_device',
+           'Normalize', 'dataset_stats', 'DataLoaders']
 
 # %% ../nbs/00_data.ipynb #9398d409
 import errno, gzip, lzma, os, pickle, re, signal, shutil, socket, sys, tarfile, tempfile, time, traceback, urllib.request, warnings, weakref, zlib
@@ -285,6 +285,20 @@ def _load(ds, idxs, raw):
     items = [_get(ds, i, raw) for i in idxs]
     return _pack(items) if raw else _stack(items)
 
+# %% ../nbs/00_data.ipynb #8ea14dd3
+def _share(m, rank, world_size): return slice(rank * m // world_size, (rank + 1) * m // world_size)
+
+def shard(chunks, rank=0, world_size=1):
+    "Rank `rank`'s contiguous share of each of the index lists `chunks`, split as evenly as `world_size` ranks allow; empty shares are left out"
+    if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not one of the {world_size} ranks')
+    return [s for c in chunks if len(s := c[_share(len(c), rank, world_size)])]
+
+def shard_len(n, bs, drop_last=False, rank=0, world_size=1):
+    "How many of the batches of `bs` of `n` items (the last one partial unless `drop_last`) give rank `rank` a non-empty share"
+    full, rest = divmod(n, bs)
+    count = lambda m: int(len(range(m)[_share(m, rank, world_size)]) > 0)
+    return full * count(bs) + (0 if drop_last or not rest else count(rest))
+
 # %% ../nbs/00_data.ipynb #c794aac3
 class _RemoteTraceback(Exception):
     "The traceback of an exception raised in a worker process, to chain to its re-raise in the main process"
@@ -293,6 +307,7 @@ class _RemoteTraceback(Exception):
 def _worker(ds, conn, parent_end, raw, ppid):
     "Serve batches of `ds` over `conn` until told to stop or orphaned"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # `_stop` terminates us: no handler inherited from the parent may object
     parent_end.close()
     torch.set_num_threads(1)  # torch ops in a forked child must not use the parent's thread pool
     while True:
@@ -400,27 +415,28 @@ class _Workers:
 
 # %% ../nbs/00_data.ipynb #10fef851
 class DataLoader:
-    "Batches of `bs` items of `ds`, optionally shuffled, loaded by `n_workers` persistent processes (0: in-process)"
+    "Batches of `bs` items of `ds`, optionally shuffled, loaded by `n_workers` persistent processes (0: in-process); `rank`'s share of them, of `world_size`"
     def __init__(self, ds, bs=128, shuffle=False, n_workers=1, drop_last=False, seed=None,
-                 dtype=torch.float32, prefetch=2, timeout=None):
+                 dtype=torch.float32, prefetch=2, timeout=None, rank=0, world_size=1):
         self.ds, self.bs, self.shuffle, self.n_workers, self.drop_last = ds, bs, shuffle, n_workers, drop_last
         self.seed, self.dtype, self.prefetch, self.timeout = seed, dtype, prefetch, timeout
-        self.epoch, self.workers = 0, None
+        self.rank, self.world_size, self.epoch, self.workers = rank, world_size, 0, None
 
-    def __len__(self): return len(self.ds) // self.bs if self.drop_last else (len(self.ds) - 1) // self.bs + 1
+    def __len__(self): return shard_len(len(self.ds), self.bs, self.drop_last, self.rank, self.world_size)
 
     @property
     def raw(self): return callable(getattr(self.ds, 'get_raw', None))
 
     def batch_idxs(self):
-        "This epoch's index lists, one per batch (shuffled with `seed` + epoch, or torch's generator)"
+        "This epoch's index lists, one per batch (shuffled with `seed` + epoch, or torch's generator): this rank's shares"
         n = len(self.ds)
         if not self.shuffle: idxs = list(range(n))
         else:
             g = None if self.seed is None else torch.Generator().manual_seed(self.seed + self.epoch)
             idxs = torch.randperm(n, generator=g).tolist()
         self.epoch += 1
-        return [idxs[k * self.bs:(k + 1) * self.bs] for k in range(len(self))]
+        n_batches = n // self.bs if self.drop_last else (n - 1) // self.bs + 1  # the global batches, of all ranks
+        return shard([idxs[k * self.bs:(k + 1) * self.bs] for k in range(n_batches)], self.rank, self.world_size)
 
     def _list(self, chunks):
         "The loaded (still packed) batches of `chunks`, in order: in-process, or from the workers"

@@ -11,7 +11,7 @@ import math, os
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from .data import DataLoader, DataLoaders, Dataset, Normalize, default_device, to_device
+from .data import DataLoader, DataLoaders, Dataset, Normalize, default_device, to_device, shard
 from .learner import Callback
 
 # %% ../nbs/08_fastpath.ipynb #f18dcca1
@@ -75,27 +75,33 @@ def epoch_seed(seed, epoch):
     return seed * 1_000_003 + epoch
 
 class DeviceLoader:
-    "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`"
-    def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None):
+    "Normalised NCHW batches from the `uint8` cache `x` [N,3,H,W] with labels `y`; if `train`, augmented to `size`; `rank`'s shares of them, of `world_size`"
+    def __init__(self, x, y, bs, stats, train=False, size=None, seed=0, scale=(0.35, 1.), flip=True, device=None,
+                 rank=0, world_size=1):
         self.x, self.y, self.bs, self.size, self.train, self.seed = x, y, bs, size, train, seed
-        self.scale, self.flip, self.epoch = scale, flip, 0
+        self.scale, self.flip, self.epoch, self.rank, self.world_size = scale, flip, 0, rank, world_size
         self.device = torch.device(device) if device is not None else x.device
         self.norm = Normalize([s.reshape(3, 1, 1) * 255 for s in stats])
 
-    def __len__(self): return len(self.x) // self.bs if self.train else math.ceil(len(self.x) / self.bs)
+    def _spans(self):
+        "The positions in the epoch's order of this rank's batches, as ranges: its shares of the global batches"
+        n = len(self.x) // self.bs * self.bs if self.train else len(self.x)  # training drops the last partial batch
+        return shard([range(k, min(k + self.bs, n)) for k in range(0, n, self.bs)], self.rank, self.world_size)
+
+    def __len__(self): return len(self._spans())
 
     def draw(self):
-        "This epoch's shuffled order (on the cache's device) and crops (on `device`), from `seed` and the epoch"
+        "This epoch's shuffled order (on the cache's device) and crops (on `device`), from `seed` and the epoch: every rank's"
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        n = len(self) * self.bs
+        n = len(self.x) // self.bs * self.bs
         idxs = torch.randperm(len(self.x), generator=g)[:n]
         return idxs.to(self.x.device), crop_thetas(n, self.scale, flip=self.flip, generator=g).to(self.device)
 
     def __iter__(self):
         if self.train: idxs, thetas = self.draw()
         self.epoch += 1
-        for b in range(len(self)):
-            s = slice(b * self.bs, (b + 1) * self.bs)
+        for r in self._spans():
+            s = slice(r.start, r.stop)
             xb, yb = (self.x[idxs[s]], self.y[idxs[s]]) if self.train else (self.x[s], self.y[s])
             xb, yb = to_device((xb, yb), self.device, non_blocking=True)
             yield self.norm(affine_crop(xb, thetas[s], self.size) if self.train else xb.float()), yb

@@ -8,7 +8,7 @@ __all__ = ['ARCHS', 'OPTS', 'OPT_DEFAULTS', 'TrainError', 'get_data', 'split_fil
            'sigterm_interrupts', 'run', 'get_parser', 'main']
 
 # %% ../nbs/09_train.ipynb #767dbf7c
-import argparse, json, math, os, signal, sys, threading, time
+import argparse, contextlib, json, math, os, signal, sys, threading, time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -26,6 +26,7 @@ from .optimizers import Adam
 from .schedulers import OneCycle
 from .mixup import Mixup
 from .fastpath import decode_cache, cached_dls, epoch_seed, MixedPrecisionCB, ChannelsLastCB
+from .distributed import launched, rank, world_size, setup_distributed, from_rank0, DataParallelCB
 
 # %% ../nbs/09_train.ipynb #77aaa2e9
 class TrainError(Exception):
@@ -126,7 +127,7 @@ class RunLog(Callback):
                'lrs': log['lrs'] + r.lrs[self.seen:], 'completed_epochs': self.epoch + 1,
                'time': {**log['time'], 'fit_s': self.fit_s + time.time() - self.t0}}
         t = time.time()
-        save_run(self.learner, new, self.out)
+        if rank() == 0: save_run(self.learner, new, self.out)   # on several processes, rank 0 alone writes
         new['time']['save_s'] = log['time'].get('save_s', 0.) + time.time() - t   # saved with the next epoch
         self.seen, self.log = len(r.losses), new
 
@@ -204,7 +205,7 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
     "Train as `args` says, saving checkpoint and metrics into `args.out` after every epoch, then plots; return the log"
     t0 = time.time()
     args, log = _resume(args) if args.resume else (args, _new_log(args))
-    with claimed(args.out) as out:
+    with claimed(args.out) if rank() == 0 else contextlib.nullcontext(Path(args.out)) as out:
         device, start = torch.device(args.device or default_device()), log['completed_epochs']
         train_fns, valid_fns, v2i = split_files(get_data(args.data))
         if len(train_fns) < args.bs:
@@ -219,9 +220,12 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
         learn.model_dir = out
         try:
             if start: learn.load('model')
-            if log.get('lr') is None: runlog.log = {**log, 'lr': find_lr(learn, out) if args.lr == 'find' else args.lr}
+            if log.get('lr') is None:   # every rank runs the finder (on its own), rank 0's suggestion wins
+                lr = args.lr if args.lr != 'find' else from_rank0(find_lr(learn, out) if rank() == 0 else learn.lr_find(plot=False))
+                runlog.log = {**log, 'lr': lr}
             fit_cbs = [Recorder(accuracy), ProgressCB(bars=bars), OneCycle(runlog.log['lr']), EpochSeed(args.seed), runlog,
-                       *([FiniteCheckCB()] if args.check_finite else []), *([Mixup(args.mixup)] if args.mixup else []), *cbs]
+                       *([FiniteCheckCB()] if args.check_finite else []), *([Mixup(args.mixup)] if args.mixup else []),
+                       *([DataParallelCB(sync_bn=args.sync_bn)] if world_size() > 1 else []), *cbs]
             learn.fit(args.epochs, cbs=fit_cbs, start_epoch=start)
         except KeyboardInterrupt as e: _interrupted(out, args.epochs, getattr(e, 'status', 130))
         except NonFiniteLossError as e:
@@ -234,8 +238,7 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
         finally: dls.close()
         log = runlog.log
         log = {**log, 'finished': True, 'time': {**log['time'], 'total_s': log['time'].get('total_s', 0.) + time.time() - t0}}
-        save_run(learn, log, out)
-        save_plots(log, out)
+        if rank() == 0: save_run(learn, log, out); save_plots(log, out)
     _summary(log, out)
     return log
 
@@ -244,7 +247,7 @@ def _interrupted(out, n_epochs, status):
     log = saved_log(out)
     done = log['completed_epochs'] if log else 0
     if done:
-        _write_json(log, out/'metrics.json')   # in step with the checkpoint, wherever the interruption landed
+        if rank() == 0: _write_json(log, out/'metrics.json')   # in step with the checkpoint, wherever the interruption landed
         print(f'\ninterrupted after {done}/{n_epochs} epochs; checkpoint {out/"model.pth"}. '
               f'Continue with: minifastai-train --resume {out}', file=sys.stderr)
     else: print('\ninterrupted before the first epoch ended: nothing to resume', file=sys.stderr)
@@ -288,8 +291,9 @@ def get_parser():
     a('--epochs', type=pos(int), default=5, help='(default: %(default)s)')
     a('--opt', choices=list(OPTS), default='adam', help='optimizer: Adam, or SGD with momentum (default: %(default)s)')
     a('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule, or 'find' (default: 0.003 with adam, 0.2 with sgd)")
-    a('--bs', type=pos(int), default=128, help='batch size (default: %(default)s)')
-    a('--workers', type=nonneg(int), default=os.cpu_count(), help='decoding processes; 0: decode in this process (default: all cores)')
+    a('--bs', type=pos(int), default=128, help='batch size; under torchrun, of all processes together (default: %(default)s)')
+    a('--workers', type=nonneg(int), default=max(1, os.cpu_count() // int(os.environ.get('LOCAL_WORLD_SIZE', 1))),
+      help="decoding processes; 0: decode in this process (default: all cores, shared by torchrun's processes)")
     a('--mixup', type=nonneg(float), default=0., metavar='ALPHA', help='Mixup with Beta(ALPHA, ALPHA); 0: off (default)')
     a('--ls', type=nonneg(float, hi=1), default=0.1, help='label smoothing, from 0 to below 1 (default: %(default)s)')
     a('--wd', type=nonneg(float), default=None, help='weight decay (default: 0.01 with adam, where it is decoupled; 5e-4 with sgd)')
@@ -301,6 +305,8 @@ def get_parser():
     a('--resume', type=Path, default=None, metavar='DIR', help='continue the interrupted run saved in DIR (with its arguments)')
     a('--fast', action=argparse.BooleanOptionalAction, default=True,
       help='decode once into a cache and augment on the device (default), or decode every epoch without augmentation')
+    a('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
+      help='under torchrun: BatchNorm with the statistics of the whole batch, over all processes (default), or of each share')
     a('--check-finite', action=argparse.BooleanOptionalAction, default=True,
       help='stop with status 1 when the training loss becomes NaN or infinite (default), keeping the last finite epoch')
     return p
@@ -314,7 +320,7 @@ def _check(p, args):
         except RuntimeError: p.error(f'unknown device {args.device!r}')
         if dev.type == 'cuda' and not torch.cuda.is_available(): p.error(f'--device {args.device}: there is no CUDA GPU here')
     if args.resume is None:
-        if args.out is None: args.out = Path('runs')/time.strftime('%Y%m%d-%H%M%S')
+        if args.out is None: args.out = from_rank0(Path('runs')/time.strftime('%Y%m%d-%H%M%S'))  # one clock for all ranks
         if any((args.out/f).exists() for f in ('model.pth', 'metrics.json')):
             p.error(f'{args.out} already holds a run: use --resume {args.out}, or another --out')
 
@@ -322,9 +328,11 @@ def main(argv=None, decode=decode_cache, cbs=(), bars=None):
     "The `minifastai-train` command: parse `argv` (default: the command line) and `run`"
     p = get_parser()
     args = p.parse_args(argv)
+    if launched(): args.device = str(setup_distributed(args.device))   # under torchrun: join its group first
     _check(p, args)
     try:
-        with sigterm_interrupts(): run(args, decode=decode, cbs=cbs, bars=bars)
+        with sigterm_interrupts(), (contextlib.redirect_stdout(open(os.devnull, 'w')) if rank() else contextlib.nullcontext()):
+            run(args, decode=decode, cbs=cbs, bars=bars)
     except TrainError as e: p.exit(e.status, f'{p.prog}: error: {e}\n')
     except KeyboardInterrupt as e:  # before training started (during the download or decoding)
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
