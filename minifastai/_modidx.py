@@ -575,5 +575,6 @@ d = { 'settings': { 'branch': 'main',
                                   'minifastai.train.save_plots': ('train.html#save_plots', 'minifastai/train.py'),
                                   'minifastai.train.save_run': ('train.html#save_run', 'minifastai/train.py'),
                                   'minifastai.train.saved_log': ('train.html#saved_log', 'minifastai/train.py'),
+                                  'minifastai.train.schedule_free': ('train.html#schedule_free', 'minifastai/train.py'),
                                   'minifastai.train.sigterm_interrupts': ('train.html#sigterm_interrupts', 'minifastai/train.py'),
                                   'minifastai.train.split_files': ('train.html#split_files', 'minifastai/train.py')}}}

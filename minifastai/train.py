@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['ARCHS', 'OPTS', 'OPT_DEFAULTS', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'log_recorder', 'save_plots',
-           'EpochSeed', 'save_run', 'saved_log', 'RunLog', 'make_learner', 'find_lr', 'claimed', 'Interrupted',
-           'sigterm_interrupts', 'run', 'get_parser', 'main']
+           'EpochSeed', 'save_run', 'saved_log', 'RunLog', 'schedule_free', 'make_learner', 'find_lr', 'claimed',
+           'Interrupted', 'sigterm_interrupts', 'run', 'get_parser', 'main']
 
-# %% ../nbs/09_train.ipynb #767dbf7c
+# %% ../nbs/09_train.ipynb #222dccea
 import argparse, contextlib, json, math, os, signal, sys, threading, time
 from contextlib import contextmanager
 from functools import partial
@@ -24,11 +24,12 @@ from .learner import Learner, Callback, SGD, SetupLearnerCB, Recorder, ProgressC
     NonFiniteLossError, accuracy, read_checkpoint
 from .optimizers import Adam
 from .schedulers import OneCycle
+from .schedule_free import SGDScheduleFree, AdamWScheduleFree, ScheduleFreeCB
 from .mixup import Mixup
 from .fastpath import decode_cache, cached_dls, epoch_seed, MixedPrecisionCB, ChannelsLastCB
 from .distributed import launched, rank, world_size, setup_distributed, from_rank0, DataParallelCB
 
-# %% ../nbs/09_train.ipynb #77aaa2e9
+# %% ../nbs/09_train.ipynb #5ed774b8
 class TrainError(Exception):
     "A problem with the user's input (arguments, data, output folder) that deserves one line, not a traceback; exit `status`"
     status = 2
@@ -57,7 +58,7 @@ def split_files(path):
     if missing: raise TrainError(f"{valid} has classes that {path/'train'} lacks: {', '.join(missing)}")
     return train_fns, valid_fns, v2i
 
-# %% ../nbs/09_train.ipynb #72e128b5
+# %% ../nbs/09_train.ipynb #fc83e018
 def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     "The data notebook's `DataLoaders`: decode every epoch in `n_workers` processes, no augmentation"
     n_workers = os.cpu_count() if n_workers is None else n_workers
@@ -65,7 +66,7 @@ def plain_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, seed=0):
     train = dl(train_fns, bs=bs, shuffle=True, drop_last=True, seed=seed)
     return DataLoaders(train, dl(valid_fns, bs=bs * 2))  # stats: from a fixed sample of the training set, when asked
 
-# %% ../nbs/09_train.ipynb #ac11b8cc
+# %% ../nbs/09_train.ipynb #7c3bed69
 def log_recorder(log):
     "A `Recorder` holding the run `log`'s batches and epochs (all of them, across resumptions), to plot"
     r = Recorder(accuracy)
@@ -83,7 +84,7 @@ def save_plots(log, out):
         plot(ax=fig.add_subplot()).set_title(title)
         fig.savefig(out/fn, dpi=100, bbox_inches='tight')
 
-# %% ../nbs/09_train.ipynb #6760a99b
+# %% ../nbs/09_train.ipynb #355c151b
 class EpochSeed(Callback):
     "Seed torch and the training loader from `seed` and the epoch number before each training phase"
     order = -20
@@ -131,15 +132,21 @@ class RunLog(Callback):
         new['time']['save_s'] = log['time'].get('save_s', 0.) + time.time() - t   # saved with the next epoch
         self.seen, self.log = len(r.losses), new
 
-# %% ../nbs/09_train.ipynb #ef481f6b
-OPTS = {'adam': Adam, 'sgd': SGD}
-OPT_DEFAULTS = {'adam': dict(lr=3e-3, wd=0.01), 'sgd': dict(lr=0.2, wd=5e-4)}   # Adam's weight decay is decoupled
+# %% ../nbs/09_train.ipynb #03dad0a6
+OPTS = {'adam': Adam, 'sgd': SGD, 'sf-adam': AdamWScheduleFree, 'sf-sgd': SGDScheduleFree}
+OPT_DEFAULTS = {'adam': dict(lr=3e-3, wd=0.01), 'sgd': dict(lr=0.2, wd=5e-4),   # Adam's weight decay is decoupled
+                'sf-adam': dict(lr=3e-3, wd=0.01), 'sf-sgd': dict(lr=1.0, wd=5e-4)}
+
+def schedule_free(opt):
+    "Whether the optimizer named `opt` is schedule-free (trained without `OneCycle`, with a warmup of half an epoch)"
+    return opt.startswith('sf-')
 
 def make_learner(args, dls, n_out, device):
-    "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks (`OneCycle` sets its `lr`)"
+    "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks (`run` sets its `lr`)"
     cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
+    warmup = dict(warmup_steps=len(dls.train) // 2) if schedule_free(args.opt) else {}
     return Learner(ARCHS[args.arch](n_out), dls, partial(cross_entropy, label_smoothing=args.ls), lr=OPT_DEFAULTS[args.opt]['lr'],
-                   cbs=cbs, opt_func=partial(OPTS[args.opt], wd=args.wd, mom=args.mom))
+                   cbs=cbs, opt_func=partial(OPTS[args.opt], wd=args.wd, mom=args.mom, **warmup))
 
 def find_lr(learn, out):
     "Run the LR finder, save its plot to `out/lr_find.png`, and return its suggestion"
@@ -223,7 +230,9 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
             if log.get('lr') is None:   # every rank runs the finder (on its own), rank 0's suggestion wins
                 lr = args.lr if args.lr != 'find' else from_rank0(find_lr(learn, out) if rank() == 0 else learn.lr_find(plot=False))
                 runlog.log = {**log, 'lr': lr}
-            fit_cbs = [Recorder(accuracy), ProgressCB(bars=bars), OneCycle(runlog.log['lr']), EpochSeed(args.seed), runlog,
+            learn.lr = runlog.log['lr']   # what a schedule-free optimizer trains at; `OneCycle` sets its own at each batch
+            sched = ScheduleFreeCB() if schedule_free(args.opt) else OneCycle(learn.lr)
+            fit_cbs = [Recorder(accuracy), ProgressCB(bars=bars), sched, EpochSeed(args.seed), runlog,
                        *([FiniteCheckCB()] if args.check_finite else []), *([Mixup(args.mixup)] if args.mixup else []),
                        *([DataParallelCB(sync_bn=args.sync_bn)] if world_size() > 1 else []), *cbs]
             learn.fit(args.epochs, cbs=fit_cbs, start_epoch=start)
@@ -259,7 +268,7 @@ def _summary(log, out):
           f"training {t['fit_s']:.1f}s (saving each epoch {t.get('save_s', 0.):.2f}s), total {t['total_s']:.1f}s. "
           f"Wrote model.pth, metrics.json, loss.png, lr.png to {out}")
 
-# %% ../nbs/09_train.ipynb #32e2699b
+# %% ../nbs/09_train.ipynb #be5d1163
 class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f'{self.prog}: error: {message}\n')
 
@@ -289,15 +298,19 @@ def get_parser():
     a('--arch', choices=list(ARCHS), default='resnet_small', help='model (default: %(default)s)')
     a('--size', type=pos(int, hi=1024, hi_inclusive=True), default=56, help='training image size in pixels, at most 1024 (default: %(default)s)')
     a('--epochs', type=pos(int), default=5, help='(default: %(default)s)')
-    a('--opt', choices=list(OPTS), default='adam', help='optimizer: Adam, or SGD with momentum (default: %(default)s)')
-    a('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule, or 'find' (default: 0.003 with adam, 0.2 with sgd)")
+    a('--opt', choices=list(OPTS), default='adam',
+      help='optimizer: Adam or SGD with momentum on a one-cycle schedule, or their schedule-free versions '
+           '(sf-adam, sf-sgd: no schedule, a warmup of half an epoch) (default: %(default)s)')
+    a('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule (the learning rate of a schedule-free "
+      "optimizer), or 'find' (default: 0.003 with adam and sf-adam, 0.2 with sgd, 1.0 with sf-sgd)")
     a('--bs', type=pos(int), default=128, help='batch size; under torchrun, of all processes together (default: %(default)s)')
     a('--workers', type=nonneg(int), default=max(1, os.cpu_count() // int(os.environ.get('LOCAL_WORLD_SIZE', 1))),
       help="decoding processes; 0: decode in this process (default: all cores, shared by torchrun's processes)")
     a('--mixup', type=nonneg(float), default=0., metavar='ALPHA', help='Mixup with Beta(ALPHA, ALPHA); 0: off (default)')
     a('--ls', type=nonneg(float, hi=1), default=0.1, help='label smoothing, from 0 to below 1 (default: %(default)s)')
     a('--wd', type=nonneg(float), default=None, help='weight decay (default: 0.01 with adam, where it is decoupled; 5e-4 with sgd)')
-    a('--mom', type=nonneg(float, hi=1), default=0.9, help="momentum (Adam's first beta; cycled 0.95-0.85-0.95 when > 0; default: %(default)s)")
+    a('--mom', type=nonneg(float, hi=1), default=0.9, help="momentum (Adam's first beta; cycled 0.95-0.85-0.95 when > 0; "
+      "for a schedule-free optimizer its interpolation beta, above 0; default: %(default)s)")
     a('--min-scale', type=pos(float, hi=1, hi_inclusive=True), default=0.5, help='smallest area of a random crop, as a fraction of the image (default: %(default)s)')
     a('--device', default=None, help='cpu, cuda, cuda:1, ... (default: CUDA when available)')
     a('--seed', type=int, default=0, help='(default: %(default)s)')
@@ -315,6 +328,9 @@ def _check(p, args):
     "Errors argparse cannot see by itself, reported through `p.error`; the optimizer's defaults for `lr` and `wd`"
     for k, v in OPT_DEFAULTS[args.opt].items():
         if getattr(args, k) is None: setattr(args, k, v)
+    if schedule_free(args.opt):
+        if args.lr == 'find': p.error(f'--lr find sweeps a one-cycle learning rate: give --opt {args.opt} a number')
+        if args.mom == 0: p.error(f'--mom must be above 0 with --opt {args.opt} (its interpolation beta)')
     if args.device is not None:
         try: dev = torch.device(args.device)
         except RuntimeError: p.error(f'unknown device {args.device!r}')
@@ -338,5 +354,5 @@ def main(argv=None, decode=decode_cache, cbs=(), bars=None):
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
         raise SystemExit(getattr(e, 'status', 130))
 
-# %% ../nbs/09_train.ipynb #432dacdb
+# %% ../nbs/09_train.ipynb #a51b9513
 if __name__ == '__main__' and '__file__' in globals(): main()
