@@ -118,7 +118,9 @@ def saved_log(out):
 class RunLog(Callback):
     "After each epoch: the run's `log` gains the epoch's row, losses and lrs, and is saved with the checkpoint in `out`"
     order = 70
-    def __init__(self, log, out): self.log, self.out = log, Path(out)
+    def __init__(self, log, out, t0=None):
+        self.log, self.out, self.t_run = log, Path(out), time.time() if t0 is None else t0
+        self.total0 = log['time'].get('total_s', 0.)   # the time of the runs this one resumes
     def before_fit(self): self.seen, self.t0, self.fit_s = 0, time.time(), self.log['time'].get('fit_s', 0.)
     def after_epoch(self):
         if self.training: return
@@ -126,7 +128,7 @@ class RunLog(Callback):
         new = {**log, 'epochs': log['epochs'] + [dict(zip(r.names, r.values[-1]))],
                'losses': log['losses'] + torch.stack(r.losses[self.seen:]).float().tolist(),
                'lrs': log['lrs'] + r.lrs[self.seen:], 'completed_epochs': self.epoch + 1,
-               'time': {**log['time'], 'fit_s': self.fit_s + time.time() - self.t0}}
+               'time': {**log['time'], 'fit_s': self.fit_s + time.time() - self.t0, 'total_s': self.total0 + time.time() - self.t_run}}
         t = time.time()
         if rank() == 0: save_run(self.learner, new, self.out)   # on several processes, rank 0 alone writes
         new['time']['save_s'] = log['time'].get('save_s', 0.) + time.time() - t   # saved with the next epoch
@@ -223,7 +225,7 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
         except (OSError, RuntimeError) as e: raise _data_error(e) from None
         log = {**log, 'time': {**log['time'], 'data_s': log['time'].get('data_s', 0.) + time.time() - t0}}
         torch.manual_seed(args.seed)
-        learn, runlog = make_learner(args, dls, len(v2i), device), RunLog(log, out)
+        learn, runlog = make_learner(args, dls, len(v2i), device), RunLog(log, out, t0)
         learn.model_dir = out
         try:
             if start: learn.load('model')
@@ -246,7 +248,7 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
             raise
         finally: dls.close()
         log = runlog.log
-        log = {**log, 'finished': True, 'time': {**log['time'], 'total_s': log['time'].get('total_s', 0.) + time.time() - t0}}
+        log = {**log, 'finished': True, 'time': {**log['time'], 'total_s': runlog.total0 + time.time() - t0}}
         if rank() == 0: save_run(learn, log, out); save_plots(log, out)
     _summary(log, out)
     return log
