@@ -54,7 +54,8 @@ def main(args):
     if mode not in ('check', 'store'): sys.exit(__doc__)
     paths = [Path(n).resolve() for n in names] or sorted((root/'nbs').glob('[0-9]*.ipynb'))
     def one(p):
-        s, errs = run(p, store=mode == 'store')
+        try: s, errs = run(p, store=mode == 'store')
+        except Exception as e: s, errs = 0., [(-1, f'{type(e).__name__}: {e}')]   # a dead kernel, a cell past its time-out
         print(f"{p.name}: {len(errs)} error cell(s), {s:.0f} s", flush=True)
         for i, e in errs: print(f"    cell {i}: {e[:300]}", flush=True)
         return not errs

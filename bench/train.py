@@ -4,6 +4,7 @@
     python bench/train.py repro    # (d) two runs with the same seed give the same metrics
     python bench/train.py gpu [--sweep] --archive path/to/imagenette2-128.tgz   # (c) resnet18 128px vs plain PyTorch
     python bench/train.py gpu --sweep --smoke    # (c) on the CPU, on 16+8 images per class: checks this script
+    python bench/train.py peer [--peer-python PY] [--seeds 0 1 2]   # (e) the default recipe against fastai's
 
 Each recipe runs the real command (`minifastai.train.main`) into a temporary folder and reads its
 metrics.json: decode = data setup (decoding into the cache, or the loaders' first setup), train = `fit`
@@ -13,6 +14,19 @@ numbers need MINIFASTAI_MIRROR to point at a folder with imagenette2-160.tgz whe
 for the timed runs. The GPU peer is plain PyTorch (torch DataLoader with PIL random-resized-crop workers,
 torch.nn resnet18 written inline: torchvision is not a dependency), run in the same process so the ratio
 is on one card. bench/gpu.sh runs all of it in one call on a lent GPU machine.
+
+`peer` trains the command's default recipe (resnet_small at 56px, 5 epochs, one-cycle Adam 3e-3 with decoupled
+wd 0.01, label smoothing 0.1, bs 128, random resized crops of at least half the image and flips) with
+minifastai-train and with fastai, for each seed, one run after the other, and prints both with their mean and
+spread, the time ratio and the accuracy difference. fastai trains the same network written in torch.nn (same
+initialisation rules) with its own pipeline: `ImageDataLoaders.from_folder`, `RandomResizedCrop(56,
+min_scale=0.5)` per item, `Flip` and `Normalize` per batch, 2 workers, `fit_one_cycle(5, 3e-3)`. It runs in a
+subprocess of `--peer-python` (default: this Python): fastai needs torchvision, whose binary must match torch,
+and PyTorch's CPU-only wheel has no matching torchvision on the package index, so the peer usually lives in a
+virtualenv of its own, made with the regular wheel:
+    python -m venv /tmp/fastai-venv && /tmp/fastai-venv/bin/pip --isolated install torch==2.13.0 torchvision==0.28.0 fastai==2.8.12
+    python bench/train.py peer --peer-python /tmp/fastai-venv/bin/python
+Without fastai there, the row is skipped with a line saying so.
 """
 import argparse, json, math, os, resource, sys, tempfile, time
 from pathlib import Path
@@ -176,11 +190,92 @@ def gpu(archive, sweep=False, smoke=False):
     print('targets: 5 epochs <= 5 s at >= 0.74; 20 epochs >= 0.85 within 15 s (peers on one H100: PyTorch 15.3 s / 0.719, '
           'fastai 16.1 s / 0.739; PyTorch 20 epochs 46 s / 0.834)')
 
+# --- the fastai peer (CPU) ----------------------------------------------------------------------------
+FASTAI_PEER = r"""
+import json, sys, time
+t_start = time.time()
+import torch
+from torch import nn
+import torch.nn.functional as F
+from fastai.vision.all import (ImageDataLoaders, RandomResizedCrop, Flip, Normalize, Learner, Adam, accuracy,
+                               LabelSmoothingCrossEntropy, set_seed)
+path, seed = sys.argv[1], int(sys.argv[2])
+
+def conv(ni, nf, stride=1, ks=3, act=True):
+    c = nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False)
+    (nn.init.kaiming_normal_ if act else nn.init.xavier_normal_)(c.weight)
+    return nn.Sequential(c, nn.BatchNorm2d(nf), *([nn.ReLU(inplace=True)] if act else []))
+
+class ResBlock(nn.Module):
+    def __init__(self, ni, nf, stride):
+        super().__init__()
+        self.convs = nn.Sequential(conv(ni, nf, stride), conv(nf, nf, act=False))
+        nn.init.zeros_(self.convs[-1][1].weight)
+        self.idconv = conv(ni, nf, stride, ks=1, act=False)
+    def forward(self, x): return F.relu(self.convs(x) + self.idconv(x))
+
+def resnet_small(n_out=10):
+    lin = nn.Linear(256, n_out); nn.init.xavier_normal_(lin.weight); nn.init.zeros_(lin.bias)
+    return nn.Sequential(conv(3, 32, 2), ResBlock(32, 64, 2), ResBlock(64, 128, 2), ResBlock(128, 256, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin)
+
+set_seed(seed)
+dls = ImageDataLoaders.from_folder(path, train='train', valid='val', bs=128, num_workers=2,
+                                   item_tfms=RandomResizedCrop(56, min_scale=0.5), batch_tfms=[Flip(), Normalize()])
+learn = Learner(dls, resnet_small(), loss_func=LabelSmoothingCrossEntropy(0.1), opt_func=Adam, wd=0.01, metrics=accuracy)
+t0 = time.time()
+with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 3e-3)
+print(json.dumps({'acc': float(learn.recorder.values[-1][2]), 'fit_s': time.time() - t0, 'total_s': time.time() - t_start}))
+"""
+
+def _fastai_run(py, path, seed):
+    "One fastai run of the default recipe in a subprocess of `py`: its accuracy, fit and total seconds (None: no fastai there)"
+    import subprocess
+    r = subprocess.run([py, '-c', FASTAI_PEER, str(path), str(seed)], capture_output=True, text=True)
+    if r.returncode: 
+        if 'No module named' in r.stderr and 'fastai' in r.stderr: return None
+        raise RuntimeError(f'the fastai peer failed:\n{r.stderr[-2000:]}')
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+def _stats(xs):
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1)) ** 0.5
+
+def peer(py, seeds):
+    from minifastai.data import untar_data, URLs
+    path, ours, theirs = untar_data(URLs.IMAGENETTE_160), [], []
+    for s in seeds:
+        m = train({'seed': s})
+        ours.append({'acc': m['epochs'][-1]['accuracy'], 'fit_s': m['time']['fit_s'], 'total_s': m['time']['total_s']})
+        print(f"minifastai-train seed {s}: {ours[-1]}", flush=True)
+        if theirs is not None:
+            f = _fastai_run(py, path, s)
+            if f is None: theirs = None
+            else: theirs.append(f); print(f'fastai seed {s}: {f}', flush=True)
+    print(f'\ndefault recipe (resnet_small 56px, 5 epochs, Adam 3e-3 one-cycle, ls 0.1, bs 128), seeds {" ".join(map(str, seeds))}; '
+          f'{os.cpu_count()} CPU cores, torch {torch.__version__}')
+    print(f"{'':<18} {'valid acc mean':>14} {'sd':>7} {'min':>7} {'max':>7} {'fit s':>7} {'total s':>8}")
+    rows = [('minifastai-train', ours)] + ([('fastai 2.8', theirs)] if theirs else [])
+    for name, rs in rows:
+        (m, sd), accs = _stats([r['acc'] for r in rs]), [r['acc'] for r in rs]
+        print(f"{name:<18} {m:>14.4f} {sd:>7.4f} {min(accs):>7.4f} {max(accs):>7.4f} "
+              f"{_stats([r['fit_s'] for r in rs])[0]:>7.1f} {_stats([r['total_s'] for r in rs])[0]:>8.1f}")
+    if not theirs: print(f'fastai row skipped: fastai is not importable by {py} (see this script\'s docstring for the peer virtualenv)')
+    else:
+        t_ours, t_theirs = _stats([r['total_s'] for r in ours])[0], _stats([r['total_s'] for r in theirs])[0]
+        d = _stats([r['acc'] for r in ours])[0] - _stats([r['acc'] for r in theirs])[0]
+        print(f'minifastai-train is {t_theirs / t_ours:.2f}x faster in total time, {100 * d:+.1f} points of accuracy')
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('what', choices=['cpu', 'repro', 'gpu'], nargs='+')
+    p.add_argument('what', choices=['cpu', 'repro', 'gpu', 'peer'], nargs='+')
+    p.add_argument('--peer-python', default=sys.executable, help='peer: a Python that can import fastai')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='peer: the seeds of both sides')
     p.add_argument('--archive', default='data/imagenette2-128.tgz', help='imagenette2-128.tgz, for gpu')
     p.add_argument('--sweep', action='store_true', help='gpu: pick lr and wd by a 5-epoch sweep first')
     p.add_argument('--smoke', action='store_true', help='gpu: run on the CPU, on a few images, to check the script')
     a = p.parse_args()
-    for w in a.what: gpu(a.archive, a.sweep, a.smoke) if w == 'gpu' else globals()[w]()
+    for w in a.what:
+        if w == 'gpu': gpu(a.archive, a.sweep, a.smoke)
+        elif w == 'peer': peer(a.peer_python, a.seeds)
+        else: globals()[w]()

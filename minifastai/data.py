@@ -44,6 +44,12 @@ def _owner():
     "This process, as temporary names record it: `<host>-<pid>`"
     return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
 
+def _fsync_dir(d):
+    "Make a rename in the folder `d` durable"
+    fd = os.open(d, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
 @contextmanager
 def atomic_write(fn, mode='wb'):
     "Open a temporary file `.<name>.<host>-<pid>.XXXX.part` beside `fn`; it replaces `fn` when the block completes, and is removed if it fails"
@@ -51,9 +57,12 @@ def atomic_write(fn, mode='wb'):
     fn.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.{_owner()}.', suffix='.part')
     try:
-        with os.fdopen(fd, mode) as f: yield f
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush(); os.fsync(f.fileno())   # the bytes on disk before the name points at them (a crash, a power cut)
         os.chmod(tmp, 0o644)  # mkstemp made it private
         os.replace(tmp, fn)
+        _fsync_dir(fn.parent)                 # and the new name too
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -114,6 +114,11 @@ class CachedDataLoaders(DataLoaders):
     "`DataLoaders` of `DeviceLoader`s, whose batches are already normalised NCHW floats: `tfm_x` is the identity"
     def tfm_x(self, xb): return xb
 
+    def load_state_dict(self, sd):
+        "Use the statistics of `sd` (as `DataLoaders` does), in the `DeviceLoader`s that normalise the batches too"
+        super().load_state_dict(sd)
+        for dl in self.dls: dl.norm = Normalize([s.reshape(3, 1, 1) * 255 for s in self.stats])
+
 def cache_stats(x, n=1000):
     "Per-channel `[mean, std]` in [0,1] units of (an evenly spaced sample of `n` images of) the `uint8` cache `x`"
     xs = x[::max(1, len(x) // n)].float().div_(255)
@@ -132,7 +137,8 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     stats = cache_stats(xt)
     if _fits(device, xt.nbytes + xv.nbytes): (xt, yt, xv, yv) = to_device((xt, yt, xv, yv), device)
     return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
-                             DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats)
+                             DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats,
+                             vocab=sorted(v2i, key=v2i.get), size=size)
 
 # %% ../nbs/08_fastpath.ipynb #718f051c
 class MixedPrecisionCB(Callback):

@@ -312,7 +312,7 @@ class _Table:
 class ProgressCB(Callback):
     "fastprogress bars over epochs and batches and the recorder's table; `bars`: draw bars (default: in Jupyter or a terminal)"
     order, run_preds = 60, False
-    def __init__(self, plot=False, bars=None): self.plot, self.bars = plot, bars
+    def __init__(self, plot=False, bars=None): self.plot, self.bars, self.drawn, self.in_nb = plot, bars, False, False
 
     def before_fit(self):
         self.drawn = show_bars(self.bars)
@@ -388,6 +388,22 @@ class FiniteCheckCB(Callback):
                                      "the run diverged (a lower learning rate or weight decay may help)")
         self._first, self._losses = self._first + len(self._losses), []
 
+# %% ../nbs/04_learner.ipynb #cae0d1a3
+@patch
+def snapshot(self:Learner):
+    "An in-memory copy of what training changes: the model's and optimizer's states, `lr`, `iter` and `epoch`"
+    return {'model': {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            'opt': None if self.opt is None else copy.deepcopy(self.opt.state_dict()),
+            'lr': self.lr, 'iter': self.iter, 'epoch': self.epoch}
+
+@patch
+def restore(self:Learner, state):
+    "Put back what `snapshot` copied (an optimizer that did not exist then is dropped again)"
+    self.model.load_state_dict(state['model'])
+    if state['opt'] is None: self.opt = None
+    else: self.opt.load_state_dict(state['opt'])
+    self.lr, self.iter, self.epoch = state['lr'], state['iter'], state['epoch']
+
 # %% ../nbs/04_learner.ipynb #82d803f0
 def _plain(o):
     "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
@@ -448,10 +464,15 @@ def load(self:Learner, name, with_opt=True):
     _check_shapes(self.model.state_dict(), state['model'], fn)
     if state.get('dls') is not None and callable(getattr(self.dls, 'load_state_dict', None)):
         self.dls.load_state_dict(state['dls'])   # first: it refuses another vocabulary before anything changed
-    self.model.load_state_dict(state['model'])   # copies onto the model's device
-    if with_opt and state['opt'] is not None:
-        if self.opt is None: self.create_opt()
-        self.opt.load_state_dict(state['opt'])
+    saved = self.snapshot()
+    try:
+        self.model.load_state_dict(state['model'])   # copies onto the model's device
+        if with_opt and state['opt'] is not None:
+            if self.opt is None: self.create_opt()
+            self.opt.load_state_dict(state['opt'])   # refuses another optimizer's state: then nothing changed
+    except Exception:
+        self.restore(saved)
+        raise
     self.iter, self.epoch = state['iter'], state.get('epoch', 0)
     return self
 
@@ -484,19 +505,3 @@ def validate(self:Learner, dl=None, metrics=None):
     if metrics is None: metrics = self.recorder.metrics if hasattr(self, 'recorder') else ()
     preds, targs = self._gather(dl)
     return [self.loss_func(preds, targs).item()] + [float(m(preds, targs)) for m in metrics]
-
-# %% ../nbs/04_learner.ipynb #cae0d1a3
-@patch
-def snapshot(self:Learner):
-    "An in-memory copy of what training changes: the model's and optimizer's states, `lr`, `iter` and `epoch`"
-    return {'model': {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            'opt': None if self.opt is None else copy.deepcopy(self.opt.state_dict()),
-            'lr': self.lr, 'iter': self.iter, 'epoch': self.epoch}
-
-@patch
-def restore(self:Learner, state):
-    "Put back what `snapshot` copied (an optimizer that did not exist then is dropped again)"
-    self.model.load_state_dict(state['model'])
-    if state['opt'] is None: self.opt = None
-    else: self.opt.load_state_dict(state['opt'])
-    self.lr, self.iter, self.epoch = state['lr'], state['iter'], state['epoch']

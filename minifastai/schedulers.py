@@ -53,7 +53,8 @@ class LRFinder(Callback):
         self.raw_losses.append(loss); self.lrs.append(self.opt.lr)
         self.losses.append(self.smoother.add(loss))
 
-    def after_fit(self): self.learner.restore(self.saved)
+    def after_fit(self):
+        if 'saved' in self.__dict__: self.learner.restore(self.saved)   # unless `before_fit` did not get there
 
 # %% ../nbs/05_schedulers.ipynb #1bcfeb9f
 @patch(as_prop=True)
@@ -85,6 +86,7 @@ def plot(self:LRFinder, ax=None):
 def lr_find(self:Learner, start_lr=1e-6, max_lr=10, plot=True, **kwargs):
     "Run an `LRFinder` (the model is left unchanged), plot its curve, return the suggested learning rate"
     finder = LRFinder(start_lr=start_lr, max_lr=max_lr, **kwargs)
+    self.__dict__.pop('lr_finder', None)   # the previous search's finder, kept below
     n_iter = math.ceil(math.log(max_lr / start_lr) / math.log(finder.mult)) + 1
     self.fit(math.ceil(n_iter / len(self.dls.train)), cbs=finder)
     if plot: finder.plot()

@@ -8,7 +8,7 @@ __all__ = ['ARCHS', 'OPTS', 'OPT_DEFAULTS', 'TrainError', 'get_data', 'split_fil
            'Interrupted', 'sigterm_interrupts', 'run', 'get_parser', 'main']
 
 # %% ../nbs/09_train.ipynb #222dccea
-import argparse, contextlib, json, math, os, signal, sys, threading, time
+import argparse, contextlib, fcntl, json, math, os, signal, socket, sys, threading, time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .data import URLs, untar_data, get_image_files, parent_label, Dataset, DataLoader, DataLoaders, \
-    atomic_write, default_device, process_alive, remove_leftovers
+    atomic_write, default_device, remove_leftovers
 from .layers import simple_cnn, resnet_small, resnet18
 from .loss import cross_entropy
 from .learner import Learner, Callback, SGD, SetupLearnerCB, Recorder, ProgressCB, FiniteCheckCB, \
@@ -27,7 +27,7 @@ from .schedulers import OneCycle
 from .schedule_free import SGDScheduleFree, AdamWScheduleFree, ScheduleFreeCB
 from .mixup import Mixup
 from .fastpath import decode_cache, cached_dls, epoch_seed, MixedPrecisionCB, ChannelsLastCB
-from .distributed import launched, rank, world_size, setup_distributed, from_rank0, DataParallelCB
+from .distributed import launched, rank, world_size, setup_distributed, from_rank0, ended_well, DataParallelCB
 
 # %% ../nbs/09_train.ipynb #5ed774b8
 class TrainError(Exception):
@@ -169,29 +169,28 @@ def _resume(args):
     log = saved_log(d)
     if log is None: raise TrainError(f'nothing to resume in {d}: it needs the model.pth of an interrupted run')
     if log['finished']: raise TrainError(f'the run in {d} is already complete')
-    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, **log['args'], 'out': d, 'resume': d})  # older runs: SGD
+    here = {'device': args.device, 'workers': args.workers} if launched() else {}   # under torchrun: this rank's device
+    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD
     print(f"resuming the run in {d} at epoch {log['completed_epochs']} of {saved.epochs}, with its arguments")
     return saved, log
 
 @contextmanager
 def claimed(out):
-    "Hold `out/.lock` (with our pid) while the run writes into `out`: another live run writing there is refused; a killed run's leftovers go"
+    "Hold a lock on `out/.lock` while the run writes into `out`: another live run writing there is refused; a killed run's leftovers go"
     out, lock = Path(out), Path(out)/'.lock'
-    for _ in range(2):
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            pid = int(lock.read_text() or 0) if lock.is_file() else 0
-            if pid and process_alive(pid): raise TrainError(f'another run (pid {pid}) is writing to {out}: use another --out') from None
-            lock.unlink(missing_ok=True)   # left by a run that was killed
-        except OSError as e: raise TrainError(f'cannot write to {out}: {e.strerror or e}') from None
-    else: raise TrainError(f'could not take {lock}')
-    with os.fdopen(fd, 'w') as f: f.write(str(os.getpid()))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e: raise TrainError(f'cannot write to {out}: {e.strerror or e}') from None
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # the kernel releases it when the process ends, however it ends
+    except BlockingIOError:
+        who = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
+        os.close(fd)
+        raise TrainError(f'another run ({who}) is writing to {out}: use another --out') from None
+    os.ftruncate(fd, 0); os.pwrite(fd, f'{socket.gethostname()} pid {os.getpid()}'.encode(), 0)
     for name in ('model.pth', 'metrics.json'): remove_leftovers(out, name)   # temporary files of a killed run
     try: yield out
-    finally: lock.unlink(missing_ok=True)
+    finally: os.close(fd)   # the file stays: removing a lock file would race with a run that just opened it
 
 class Interrupted(KeyboardInterrupt):
     "Ctrl-C, or a signal handled like it (SIGTERM); `status` is the exit status: 128 + the signal's number"
@@ -216,7 +215,9 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
     args, log = _resume(args) if args.resume else (args, _new_log(args))
     with claimed(args.out) if rank() == 0 else contextlib.nullcontext(Path(args.out)) as out:
         device, start = torch.device(args.device or default_device()), log['completed_epochs']
-        train_fns, valid_fns, v2i = split_files(get_data(args.data))
+        try: data = get_data(args.data)
+        except OSError as e: raise _data_error(e) from None   # a failed download, a corrupt archive: one line
+        train_fns, valid_fns, v2i = split_files(data)
         if len(train_fns) < args.bs:
             raise TrainError(f"{len(train_fns)} training images are fewer than one batch (--bs {args.bs}): use --bs {len(train_fns)} or less")
         kw = dict(size=args.size, bs=args.bs, n_workers=args.workers, seed=args.seed)
@@ -224,10 +225,10 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
                     if args.fast else plain_dls(train_fns, valid_fns, v2i, **kw))
         except (OSError, RuntimeError) as e: raise _data_error(e) from None
         log = {**log, 'time': {**log['time'], 'data_s': log['time'].get('data_s', 0.) + time.time() - t0}}
-        torch.manual_seed(args.seed)
-        learn, runlog = make_learner(args, dls, len(v2i), device), RunLog(log, out, t0)
-        learn.model_dir = out
         try:
+            torch.manual_seed(args.seed)
+            learn, runlog = make_learner(args, dls, len(v2i), device), RunLog(log, out, t0)
+            learn.model_dir = out
             if start: learn.load('model')
             if log.get('lr') is None:   # every rank runs the finder (on its own), rank 0's suggestion wins
                 lr = args.lr if args.lr != 'find' else from_rank0(find_lr(learn, out) if rank() == 0 else learn.lr_find(plot=False))
@@ -351,6 +352,7 @@ def main(argv=None, decode=decode_cache, cbs=(), bars=None):
     try:
         with sigterm_interrupts(), (contextlib.redirect_stdout(open(os.devnull, 'w')) if rank() else contextlib.nullcontext()):
             run(args, decode=decode, cbs=cbs, bars=bars)
+        ended_well()   # under torchrun: wait for the other ranks at exit (a failed rank leaves at once, so they fail too)
     except TrainError as e: p.exit(e.status, f'{p.prog}: error: {e}\n')
     except KeyboardInterrupt as e:  # before training started (during the download or decoding)
         print('\ninterrupted before training started: nothing to resume', file=sys.stderr)
