@@ -54,6 +54,14 @@ class ScheduleFreeOptimizer(Optimizer):
         self.weight_sum += self.lr_max ** 2
         return self.lr_max ** 2 / self.weight_sum if self.weight_sum else 0.
 
+    def _start(self):
+        "Check the mode and count the step: the indices, parameters and gradients to update (`None`: nothing to do)"
+        self._check_train()
+        idx, ps, gs = self._grads()
+        if not ps: return None
+        self.t += 1
+        return idx, ps, gs
+
     def _check_train(self):
         if not self.train_mode:
             raise RuntimeError(f'{type(self).__name__}.step() in eval mode: the parameters are at x, the average, and a step needs '
@@ -74,10 +82,8 @@ class SGDScheduleFree(ScheduleFreeOptimizer):
 
     @torch.no_grad()
     def step(self):
-        self._check_train()
-        idx, ps, gs = self._grads()
-        if not ps: return
-        self.t += 1
+        if (todo := self._start()) is None: return
+        idx, ps, gs = todo
         lr_t = self._lr_t()
         c, zs = self._c(lr_t), self._zs(idx, ps)
         if self.wd: gs = torch._foreach_add(gs, ps, alpha=self.wd)
@@ -92,10 +98,8 @@ class AdamWScheduleFree(ScheduleFreeOptimizer):
 
     @torch.no_grad()
     def step(self):
-        self._check_train()
-        idx, ps, gs = self._grads()
-        if not ps: return
-        self.t += 1
+        if (todo := self._start()) is None: return
+        idx, ps, gs = todo
         lr_t = self._lr_t() * math.sqrt(1 - self.sqr_mom ** self.t)
         c, zs, vs = self._c(lr_t), self._zs(idx, ps), self._state('vs', idx, gs)
         torch._foreach_mul_(vs, self.sqr_mom)
