@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['ConvLayer', 'Linear', 'Sequential', 'AdaptivePool', 'MaxPool', 'simple_cnn', 'BatchNormFunction', 'BatchNorm',
-           'ResBlock', 'resnet18', 'resnet_small']
+           'ResBlock', 'resnet18', 'resnet_small', 'AvgPool', 'Bottleneck', 'xresnet50']
 
 # %% ../nbs/02_layers.ipynb #79bda0a6
 import math
@@ -184,3 +184,42 @@ def resnet_small(n_out=10):
         ConvLayer(3, 32, stride=2, bias=False, bn=True),
         ResBlock(32, 64, 2), ResBlock(64, 128, 2), ResBlock(128, 256, 2),
         AdaptivePool(), Linear(256, n_out))
+
+# %% ../nbs/02_layers.ipynb #b8a047bd
+class AvgPool(Module):
+    "Average pooling, `ks`x`ks` window and stride (rounding up: an odd size keeps its last row and column)"
+    def __init__(self, ks=2):
+        super().__init__()
+        self.ks = ks
+    def forward(self, x): return F.avg_pool2d(x, self.ks, ceil_mode=True)
+    def extra_repr(self): return f'ks={self.ks}'
+
+class Bottleneck(Module):
+    "ResNet-50's block, xresnet's way: 1x1 conv to `nh` channels, 3x3 (with the stride), 1x1 to `4*nh`; shortcut pooled, then 1x1"
+    expansion = 4
+    def __init__(self, ni, nh, stride=1):
+        super().__init__()
+        nf = nh * self.expansion
+        self.convs = Sequential(ConvLayer(ni, nh, bias=False, ks=1, bn=True),
+                                ConvLayer(nh, nh, stride, bias=False, bn=True),
+                                ConvLayer(nh, nf, bias=False, act=False, ks=1, bn=True))
+        nn.init.zeros_(self.convs[-1].bn.w)
+        self.pool = AvgPool() if stride != 1 else None
+        self.idconv = ConvLayer(ni, nf, bias=False, act=False, ks=1, bn=True) if ni != nf else None
+
+    def forward(self, x):
+        res = self.convs(x)
+        if self.pool is not None: x = self.pool(x)
+        res += x if self.idconv is None else self.idconv(x)
+        return F.relu(res, inplace=True)
+
+def xresnet50(n_out=1000):
+    "ResNet-50 with the 'bag of tricks' changes: a stem of three 3x3 convs, and downsampling by average pooling"
+    stages, ni, layers = [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], 64, []
+    for nh, n, stride in stages:
+        layers += [Bottleneck(ni, nh, stride)] + [Bottleneck(nh * 4, nh) for _ in range(n - 1)]
+        ni = nh * 4
+    return Sequential(
+        ConvLayer(3, 32, stride=2, bias=False, bn=True), ConvLayer(32, 32, bias=False, bn=True),
+        ConvLayer(32, 64, bias=False, bn=True), MaxPool(),
+        *layers, AdaptivePool(), Linear(2048, n_out))
