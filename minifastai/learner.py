@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['EVENTS', 'check_opt_state', 'SGD', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback',
            'Learner', 'SetupLearnerCB', 'TrackResults', 'accuracy', 'Recorder', 'ProgressCB', 'NonFiniteLossError',
-           'FiniteCheckCB', 'read_checkpoint']
+           'FiniteCheckCB', 'read_checkpoint', 'write_checkpoint']
 
 # %% ../nbs/04_learner.ipynb #1c55a331
 import copy, re, time
@@ -405,11 +405,11 @@ def restore(self:Learner, state):
     self.lr, self.iter, self.epoch = state['lr'], state['iter'], state['epoch']
 
 # %% ../nbs/04_learner.ipynb #82d803f0
-def _plain(o):
-    "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor`"
-    if isinstance(o, torch.Tensor): return o.detach().as_subclass(torch.Tensor)
-    if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return type(o)(_plain(v) for v in o)
+def _cpu_copy(o):
+    "`o` with every tensor (e.g. a `Parameter`) replaced by a plain, detached `torch.Tensor` copy in CPU memory; containers copied"
+    if isinstance(o, torch.Tensor): return o.detach().to('cpu', copy=True).as_subclass(torch.Tensor)
+    if isinstance(o, dict): return {k: _cpu_copy(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return type(o)(_cpu_copy(v) for v in o)
     return o
 
 def _check_shapes(own, saved, fn):
@@ -444,16 +444,20 @@ def read_checkpoint(fn):
     return state
 
 @patch
-def _ckpt(self:Learner, name): return Path(self.model_dir) / f'{name}.pth'
+def checkpoint(self:Learner, meta=None):
+    "A CPU copy of what a checkpoint holds: the model, the optimizer, the counters, the data's `state_dict` and `meta`"
+    return _cpu_copy({'model': self.model.state_dict(), 'opt': None if self.opt is None else self.opt.state_dict(),
+                      'iter': self.iter, 'epoch': self.epoch, 'dls': _dls_state(self.dls), 'meta': meta})
+
+def write_checkpoint(state, fn):
+    "Write the checkpoint `state` (from `Learner.checkpoint`) to `fn`, atomically; return `fn`"
+    with atomic_write(fn) as f: torch.save(state, f)
+    return fn
 
 @patch
 def save(self:Learner, name, meta=None):
     "Save the model, the optimizer, the counters, the data's `state_dict` and `meta` to `model_dir/name.pth`, atomically"
-    fn = self._ckpt(name)
-    state = {'model': self.model.state_dict(), 'opt': None if self.opt is None else self.opt.state_dict(),
-             'iter': self.iter, 'epoch': self.epoch, 'dls': _dls_state(self.dls), 'meta': meta}
-    with atomic_write(fn) as f: torch.save(_plain(state), f)
-    return fn
+    return write_checkpoint(self.checkpoint(meta), self._ckpt(name))
 
 @patch
 def load(self:Learner, name, with_opt=True):
