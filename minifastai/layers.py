@@ -185,7 +185,7 @@ def resnet_small(n_out=10):
         ResBlock(32, 64, 2), ResBlock(64, 128, 2), ResBlock(128, 256, 2),
         AdaptivePool(), Linear(256, n_out))
 
-# %% ../nbs/02_layers.ipynb #b8a047bd
+# %% ../nbs/02_layers.ipynb #c978f1e3
 class AvgPool(Module):
     "Average pooling, `ks`x`ks` window and stride (rounding up: an odd size keeps its last row and column)"
     def __init__(self, ks=2):
