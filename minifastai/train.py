@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['ARCHS', 'OPTS', 'OPT_DEFAULTS', 'TrainError', 'get_data', 'split_files', 'plain_dls', 'log_recorder', 'save_plots',
-           'EpochSeed', 'save_run', 'saved_log', 'RunLog', 'schedule_free', 'make_learner', 'find_lr', 'claimed',
-           'Interrupted', 'sigterm_interrupts', 'run', 'get_parser', 'main']
+           'EpochSeed', 'write_run', 'save_run', 'BackgroundWriter', 'saved_log', 'RunLog', 'schedule_free',
+           'make_learner', 'find_lr', 'claimed', 'Interrupted', 'sigterm_interrupts', 'run', 'get_parser', 'main']
 
 # %% ../nbs/09_train.ipynb #222dccea
 import argparse, contextlib, fcntl, json, math, os, signal, socket, sys, threading, time
@@ -18,10 +18,10 @@ from matplotlib.figure import Figure
 
 from .data import URLs, untar_data, get_image_files, parent_label, Dataset, DataLoader, DataLoaders, \
     atomic_write, default_device, remove_leftovers
-from .layers import simple_cnn, resnet_small, resnet18
+from .layers import simple_cnn, resnet_small, resnet18, xresnet50
 from .loss import cross_entropy
 from .learner import Learner, Callback, SGD, SetupLearnerCB, Recorder, ProgressCB, FiniteCheckCB, \
-    NonFiniteLossError, accuracy, read_checkpoint
+    NonFiniteLossError, accuracy, read_checkpoint, write_checkpoint
 from .optimizers import Adam
 from .schedulers import OneCycle
 from .schedule_free import SGDScheduleFree, AdamWScheduleFree, ScheduleFreeCB
@@ -34,7 +34,7 @@ class TrainError(Exception):
     "A problem with the user's input (arguments, data, output folder) that deserves one line, not a traceback; exit `status`"
     status = 2
 
-ARCHS = {'simple_cnn': simple_cnn, 'resnet_small': resnet_small, 'resnet18': resnet18}
+ARCHS = {'simple_cnn': simple_cnn, 'resnet_small': resnet_small, 'resnet18': resnet18, 'xresnet50': xresnet50}
 
 def get_data(data):
     "The data folder for `data`: a URL (downloaded and extracted once), or an existing folder"
@@ -98,13 +98,42 @@ def _write_json(obj, fn):
     "Write `obj` as JSON to `fn` atomically (the data notebook's `atomic_write`)"
     with atomic_write(fn, 'w') as f: json.dump(obj, f, indent=1)
 
-def save_run(learn, log, out):
-    "Save the checkpoint `out/model.pth` with the run `log` inside, then `out/metrics.json`, each atomically"
+def write_run(state, out):
+    "Write the checkpoint `state` (the run's log in its `meta`) to `out/model.pth`, then that log to `out/metrics.json`, each atomically"
     try:
-        learn.save('model', meta={'log': log})
-        _write_json(log, Path(out)/'metrics.json')
+        write_checkpoint(state, Path(out)/'model.pth')
+        _write_json(state['meta']['log'], Path(out)/'metrics.json')
     except OSError as e:
         raise TrainError(f"could not save the run in {out} ({e.strerror or e}); the checkpoint there is the previous one") from None
+
+def save_run(learn, log, out):
+    "Save the checkpoint `out/model.pth` with the run `log` inside, then `out/metrics.json`, each atomically"
+    write_run(learn.checkpoint(meta={'log': log}), out)
+
+class BackgroundWriter:
+    "Run jobs one at a time in a background thread: `submit` first waits for the job in flight, `wait` raises a failed job's error"
+    def __init__(self): self.thread, self.error = None, None
+    def _run(self, f, args):
+        try: f(*args)
+        except BaseException as e: self.error = e
+
+    def submit(self, f, *args):
+        "Wait for the job in flight (raising its error), then start `f(*args)` in a new thread"
+        self.wait()
+        self.thread = threading.Thread(target=self._run, args=(f, args), name='minifastai-writer')
+        self.thread.start()   # not a daemon: the interpreter lets it finish before exiting
+
+    def wait(self):
+        "Wait for the job in flight, if any; raise its error if it failed"
+        if self.thread is not None: self.thread.join(); self.thread = None
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+    def settle(self):
+        "`wait`, printing a failed job's error instead of raising it (for when another error is already on its way)"
+        try: self.wait()
+        except Exception as e: print(f'{type(e).__name__}: {e}', file=sys.stderr)
 
 def saved_log(out):
     "The log of the run saved in `out`: the one inside its checkpoint (or, for runs saved before that, `metrics.json`)"
@@ -118,8 +147,9 @@ def saved_log(out):
 class RunLog(Callback):
     "After each epoch: the run's `log` gains the epoch's row, losses and lrs, and is saved with the checkpoint in `out`"
     order = 70
-    def __init__(self, log, out, t0=None):
+    def __init__(self, log, out, t0=None, writer=None):
         self.log, self.out, self.t_run = log, Path(out), time.time() if t0 is None else t0
+        self.writer = BackgroundWriter() if writer is None else writer
         self.total0 = log['time'].get('total_s', 0.)   # the time of the runs this one resumes
     def before_fit(self): self.seen, self.t0, self.fit_s = 0, time.time(), self.log['time'].get('fit_s', 0.)
     def after_epoch(self):
@@ -130,7 +160,7 @@ class RunLog(Callback):
                'lrs': log['lrs'] + r.lrs[self.seen:], 'completed_epochs': self.epoch + 1,
                'time': {**log['time'], 'fit_s': self.fit_s + time.time() - self.t0, 'total_s': self.total0 + time.time() - self.t_run}}
         t = time.time()
-        if rank() == 0: save_run(self.learner, new, self.out)   # on several processes, rank 0 alone writes
+        if rank() == 0: self.writer.submit(write_run, self.learner.checkpoint(meta={'log': new}), self.out)   # rank 0 alone writes
         new['time']['save_s'] = log['time'].get('save_s', 0.) + time.time() - t   # saved with the next epoch
         self.seen, self.log = len(r.losses), new
 
@@ -170,7 +200,7 @@ def _resume(args):
     if log is None: raise TrainError(f'nothing to resume in {d}: it needs the model.pth of an interrupted run')
     if log['finished']: raise TrainError(f'the run in {d} is already complete')
     here = {'device': args.device, 'workers': args.workers} if launched() else {}   # under torchrun: this rank's device
-    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD
+    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD, no crop
     print(f"resuming the run in {d} at epoch {log['completed_epochs']} of {saved.epochs}, with its arguments")
     return saved, log
 
@@ -221,13 +251,14 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
         if len(train_fns) < args.bs:
             raise TrainError(f"{len(train_fns)} training images are fewer than one batch (--bs {args.bs}): use --bs {len(train_fns)} or less")
         kw = dict(size=args.size, bs=args.bs, n_workers=args.workers, seed=args.seed)
-        try: dls = (cached_dls(train_fns, valid_fns, v2i, device=device, scale=(args.min_scale, 1.), decode=decode, **kw)
+        try: dls = (cached_dls(train_fns, valid_fns, v2i, device=device, scale=(args.min_scale, 1.), valid_crop=args.valid_crop, decode=decode, **kw)
                     if args.fast else plain_dls(train_fns, valid_fns, v2i, **kw))
         except (OSError, RuntimeError) as e: raise _data_error(e) from None
         log = {**log, 'time': {**log['time'], 'data_s': log['time'].get('data_s', 0.) + time.time() - t0}}
+        writer = BackgroundWriter()
         try:
             torch.manual_seed(args.seed)
-            learn, runlog = make_learner(args, dls, len(v2i), device), RunLog(log, out, t0)
+            learn, runlog = make_learner(args, dls, len(v2i), device), RunLog(log, out, t0, writer)
             learn.model_dir = out
             if start: learn.load('model')
             if log.get('lr') is None:   # every rank runs the finder (on its own), rank 0's suggestion wins
@@ -239,15 +270,17 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
                        *([FiniteCheckCB()] if args.check_finite else []), *([Mixup(args.mixup)] if args.mixup else []),
                        *([DataParallelCB(sync_bn=args.sync_bn)] if world_size() > 1 else []), *cbs]
             learn.fit(args.epochs, cbs=fit_cbs, start_epoch=start)
-        except KeyboardInterrupt as e: _interrupted(out, args.epochs, getattr(e, 'status', 130))
+            writer.wait()   # the last epoch's checkpoint is written (or its error raised)
+        except KeyboardInterrupt as e: writer.settle(); _interrupted(out, args.epochs, getattr(e, 'status', 130))
         except NonFiniteLossError as e:
+            writer.settle()
             err = TrainError(f"{e}; {out/'model.pth'} keeps epoch {runlog.log['completed_epochs']}, the last one that was finite")
             err.status = 1
             raise err from None
         except (OSError, RuntimeError) as e:
             if isinstance(e, OSError) or str(e).startswith('DataLoader worker'): raise _data_error(e) from None
             raise
-        finally: dls.close()
+        finally: dls.close(); writer.settle()   # whatever happened, no write outlives the run
         log = runlog.log
         log = {**log, 'finished': True, 'time': {**log['time'], 'total_s': runlog.total0 + time.time() - t0}}
         if rank() == 0: save_run(learn, log, out); save_plots(log, out)
@@ -300,7 +333,7 @@ def get_parser():
     a('--data', default=URLs.IMAGENETTE_160, help='archive URL or data folder (default: Imagenette-160)')
     a('--arch', choices=list(ARCHS), default='resnet_small', help='model (default: %(default)s)')
     a('--size', type=pos(int, hi=1024, hi_inclusive=True), default=56, help='training image size in pixels, at most 1024 (default: %(default)s)')
-    a('--epochs', type=pos(int), default=5, help='(default: %(default)s)')
+    a('--epochs', type=pos(int), default=10, help='(default: %(default)s)')
     a('--opt', choices=list(OPTS), default='adam',
       help='optimizer: Adam or SGD with momentum on a one-cycle schedule, or their schedule-free versions '
            '(sf-adam, sf-sgd: no schedule, a warmup of half an epoch) (default: %(default)s)')
@@ -315,6 +348,8 @@ def get_parser():
     a('--mom', type=nonneg(float, hi=1), default=0.9, help="momentum (Adam's first beta; cycled 0.95-0.85-0.95 when > 0; "
       "for a schedule-free optimizer its interpolation beta, above 0; default: %(default)s)")
     a('--min-scale', type=pos(float, hi=1, hi_inclusive=True), default=0.5, help='smallest area of a random crop, as a fraction of the image (default: %(default)s)')
+    a('--valid-crop', type=pos(float, hi=1, hi_inclusive=True), default=0.875, help='validation images: the centre crop of this fraction '
+      'of their side, resized to --size; 1: the whole image (default: %(default)s; the fast path only)')
     a('--device', default=None, help='cpu, cuda, cuda:1, ... (default: CUDA when available)')
     a('--seed', type=int, default=0, help='(default: %(default)s)')
     a('--out', type=Path, default=None, help='output folder (default: runs/<date>-<time>)')
