@@ -1,7 +1,7 @@
 """Data parallelism on CPU cores: one process with N threads against N processes of one thread each (torchrun).
 
 Measures two things, each printed as a table:
-- `train`: `minifastai-train` with its defaults (resnet_small, 56px, 5 epochs, Adam, --bs 128, the global batch) on
+- `train`: `minifastai-train` with its defaults but 5 epochs (resnet_small, 56px, Adam, --bs 128, the global batch) on
   Imagenette-160, run once as 1 process x N threads and once under torchrun as N processes x 1 thread (with and,
   with --no-sync, without synchronised BatchNorm): validation accuracy, training time (the epochs) and total time
   (decoding included: every process decodes the data set for itself).
@@ -72,7 +72,7 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('what', nargs='*', default=['train', 'allreduce'], help="'train', 'allreduce' (default: both)")
     p.add_argument('--procs', type=int, default=2, help='processes (and threads of the single process) (default: 2)')
-    p.add_argument('--epochs', type=int, default=5, help='(default: 5, the command\'s)')
+    p.add_argument('--epochs', type=int, default=5, help='(default: %(default)s)')
     p.add_argument('--no-sync', action='store_true', help='also train without synchronised BatchNorm')
     a = p.parse_args()
     if set(a.what) - {'train', 'allreduce'}: p.error(f"unknown measurement(s) {set(a.what) - {'train', 'allreduce'}}")

@@ -8,7 +8,7 @@
     python bench/schedule_free.py chapter --smoke           # the same code on a few generated images: checks the script
 
 Recipes: `chapter` is the chapter's (simple_cnn, 64px, bs 128, 8 epochs, SGD lr 0.1 mom 0.9 one-cycle, no label
-smoothing); `train` is `minifastai-train`'s defaults (resnet_small, 56px, bs 128, 5 epochs, Adam lr 3e-3 wd 0.01
+smoothing); `train` is `minifastai-train`'s 5-epoch recipe (resnet_small, 56px, bs 128, 5 epochs, Adam lr 3e-3 wd 0.01
 one-cycle, label smoothing 0.1, crops >= half the image). Both read the data through the decode-once fast path
 (`minifastai.fastpath.cached_dls`): every image is decoded once per invocation, and that time is not counted; the
 chapter recipe uses whole-image crops (min scale 1.0, aspect jitter and flips), as `bench/train.py`'s fast chapter
