@@ -1,6 +1,6 @@
 """Training benchmarks for minifastai-train (issue 6): wall time from raw JPEGs to the final valid accuracy.
 
-    python bench/train.py cpu      # (a) the chapter's recipe, fast path vs plain path; (b) the best CPU recipe
+    python bench/train.py cpu      # (a) the chapter's recipe, fast path vs plain path; (b) the 5-epoch and the default recipes
     python bench/train.py repro    # (d) two runs with the same seed give the same metrics
     python bench/train.py gpu --archive path/to/imagenette2-128.tgz [--budget S]   # (c) 128px, 5 epochs, vs plain PyTorch
     python bench/train.py gpu --smoke    # (c) on the CPU, on 16+8 images per class: checks this script
