@@ -37,6 +37,7 @@ virtualenv of its own, made with the regular wheel:
 Without fastai there, the row is skipped with a line saying so.
 """
 import argparse, json, math, os, resource, subprocess, sys, tempfile, time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -109,6 +110,7 @@ def repro():
 import torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from minifastai.data import get_image_files, parent_label
+from minifastai.fastpath import valid_size
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
@@ -126,8 +128,8 @@ class PeerDataset(torch.utils.data.Dataset):
             x0, y0 = torch.randint(0, w - cw + 1, ()).item(), torch.randint(0, h - ch + 1, ()).item()
             im = im.resize((self.size, self.size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
             if torch.rand(()) < 0.5: im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        else:   # the centre 87.5%, as minifastai-train's default --valid-crop
-            vs = round(self.size / 0.875); o = (vs - self.size) // 2
+        else:   # the centre, as minifastai-train's default --valid-crop
+            vs = valid_size(self.size); o = (vs - self.size) // 2
             im = im.resize((vs, vs), Image.BILINEAR).crop((o, o, o + self.size, o + self.size))
         x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3).permute(2, 0, 1)
         return x, self.v2i[parent_label(self.fns[i])]
@@ -292,7 +294,7 @@ def fastai_peer(py, seeds):
 def quality(seeds):
     "The 5-epoch recipe with the training and validation images of before issue 14, and of now, for each seed"
     import minifastai.fastpath as fp
-    def old_cache(fns, size, n=8): return max(size, min(size * 5 // 4, min(map(fp._short_side, fns[::max(1, len(fns) // n)]))))
+    old_cache = partial(fp.cache_size, scale=1.25)   # 5/4 of the training size, as before
     variants = [('cache 5/4 of the size, whole validation image (before)', old_cache, {'valid-crop': 1}),
                 ('cache 5/4, validation centre crop 0.875', old_cache, {}),
                 ('cache 2x, anti-aliased crops, centre crop (default)', fp.cache_size, {})]

@@ -31,9 +31,9 @@ def _short_side(fn):
     "The shorter side of the image `fn`, from its header (nothing is decoded)"
     with Image.open(fn) as im: return min(im.size)
 
-def cache_size(fns, size, n=8):
-    "The training cache's size: `2*size`, but no more than the images' shorter side (from `n` of them), nor less than `size`"
-    return max(size, min(2 * size, min(map(_short_side, fns[::max(1, len(fns) // n)]))))
+def cache_size(fns, size, scale=2, n=8):
+    "The training cache's size: `scale*size`, but no more than the images' shorter side (from `n` of them), nor less than `size`"
+    return max(size, min(round(scale * size), min(map(_short_side, fns[::max(1, len(fns) // n)]))))
 
 def center_crop(x, size):
     "The central `size`x`size` pixels of the images of the NCHW batch `x` (a view)"
