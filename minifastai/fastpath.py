@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['decode_cache', 'cache_size', 'center_crop', 'valid_size', 'crop_thetas', 'crop_grid', 'affine_crop', 'epoch_seed',
-           'DeviceLoader', 'CachedDataLoaders', 'cache_stats', 'cached_dls', 'MixedPrecisionCB', 'ChannelsLastCB']
+           'DeviceLoader', 'CachedDataLoaders', 'cache_stats', 'cached_dls', 'MixedPrecisionCB', 'ChannelsLastCB',
+           'keep_freed_memory']
 
 # %% ../nbs/08_fastpath.ipynb #89715961
-import math, os
+import ctypes, math, os, platform
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -183,3 +184,11 @@ class ChannelsLastCB(Callback):
     def before_batch(self):
         xb, yb = self.batch
         if xb.dim() == 4: self.learner.batch = xb.contiguous(memory_format=torch.channels_last), yb
+
+# %% ../nbs/08_fastpath.ipynb #4358ee17
+def keep_freed_memory():
+    "Have glibc's `malloc` keep freed memory and serve blocks up to 32 MB from its heap (`mallopt`): True if it did"
+    if platform.libc_ver()[0] != 'glibc': return False
+    libc = ctypes.CDLL(None)   # the C library this process already runs on
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1

@@ -91,39 +91,54 @@ def _acc(t):
     "The dtype to accumulate `t`'s values in: float32, or float64 for a float64 `t`"
     return torch.promote_types(t.dtype, torch.float32)
 
-def _chan_sumsq(a):
-    "Per-channel sum of `a**2` over batch and spatial dims, accumulated in float32 without materializing `a**2`"
-    if a.is_contiguous(): return torch.linalg.vector_norm(a.flatten(2), dim=-1, dtype=_acc(a)).square().sum(0)
-    return torch.linalg.vector_norm(a, dim=(0, 2, 3), dtype=_acc(a)).square()
+def _rows(t):
+    "The (n*h*w, c) matrix of the values of a `channels_last` NCHW `t` (a view), or None if `t` is not laid out so"
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+def _chan_sum(a):
+    "Per-channel sum of `a` over batch and spatial dims, accumulated in float32"
+    r = _rows(a)
+    if r is not None and r.dtype == _acc(r): return torch.mv(r.t(), r.new_ones(len(r)))  # column sums: a matrix-vector product
+    return a.sum((0, 2, 3), dtype=_acc(a))
 
 def _chan_dot(a, b):
     "Per-channel sum of `a*b` over batch and spatial dims (float32 products: exact for bfloat16 inputs)"
     if a.dtype == _acc(a) and a.is_contiguous() and b.is_contiguous():
         return torch.linalg.vecdot(a.flatten(2), b.flatten(2)).sum(0)
-    return torch.mul(a, b, out=torch.empty_like(a, dtype=_acc(a))).sum((0, 2, 3))
+    return _chan_sum(torch.mul(a, b, out=torch.empty_like(a, dtype=_acc(a))))
+
+def _chan_sumsq(a):
+    "Per-channel sum of `a**2` over batch and spatial dims, accumulated in float32 (without materializing `a**2` if contiguous)"
+    if a.is_contiguous(): return torch.linalg.vector_norm(a.flatten(2), dim=-1, dtype=_acc(a)).square().sum(0)
+    return _chan_dot(a, a)
+
+def _affine(x, s, t):
+    "`x*s + t` with per-channel float32 `s` and `t`, computed in float32 and stored in a new tensor of `x`'s dtype and layout"
+    if _rows(x) is not None and x.dtype == s.dtype: return torch.addcmul(_chan(t), x, _chan(s))
+    return torch.mul(x, _chan(s), out=torch.empty_like(x)).add_(_chan(t))
 
 class BatchNormFunction(torch.autograd.Function):
     "Batch norm with batch statistics and a hand-written backward; returns (y, mean, biased var)"
     @staticmethod
     def forward(ctx, x, w, b, eps):
         n = x.numel() // x.shape[1]
-        mean = x.mean((0, 2, 3), dtype=_acc(x))
+        mean = _chan_sum(x) / n
         xc = torch.sub(x, _chan(mean), out=torch.empty_like(x))  # computed in float32, stored in x's dtype
         var = _chan_sumsq(xc) / n
         invstd = (var + eps).rsqrt()
         ctx.save_for_backward(xc, w, invstd)
         ctx.mark_non_differentiable(mean, var)
-        return torch.mul(xc, _chan(w * invstd), out=torch.empty_like(x)).add_(_chan(b)), mean, var
+        return _affine(xc, w * invstd, b), mean, var
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g, _gmean, _gvar):
         xc, w, invstd = ctx.saved_tensors
         n = xc.numel() // xc.shape[1]
-        gsum, gxhat = g.sum((0, 2, 3), dtype=_acc(xc)), _chan_dot(g, xc) * invstd
+        gsum, gxhat = _chan_sum(g), _chan_dot(g, xc) * invstd
         s = w * invstd
-        dx = torch.mul(g, _chan(s), out=torch.empty_like(xc))
-        dx.addcmul_(xc, _chan(-s * invstd * gxhat / n)).add_(_chan(-s * gsum / n))
+        dx = _affine(g, s, -s * gsum / n).addcmul_(xc, _chan(-s * invstd * gxhat / n))
         return dx, gxhat.to(w.dtype), gsum.to(w.dtype), None
 
 # %% ../nbs/02_layers.ipynb #56b65cf4
@@ -144,7 +159,9 @@ class BatchNorm(Module):
     def forward(self, x):
         if not self.training:
             s = self.w * (self.running_var + self.eps).rsqrt()
-            return (x * _chan(s).to(x.dtype)).add_(_chan(self.b - self.running_mean * s).to(x.dtype))
+            t = self.b - self.running_mean * s
+            if _rows(x) is not None and x.dtype == s.dtype: return torch.addcmul(_chan(t), x, _chan(s))
+            return (x * _chan(s).to(x.dtype)).add_(_chan(t).to(x.dtype))
         n = x.numel() // x.shape[1]
         if n == 1: raise ValueError(f'BatchNorm needs more than one value per channel in training, got {tuple(x.shape)}')
         y, mean, var = BatchNormFunction.apply(x, self.w, self.b, self.eps)

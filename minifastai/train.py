@@ -26,7 +26,7 @@ from .optimizers import Adam
 from .schedulers import OneCycle
 from .schedule_free import SGDScheduleFree, AdamWScheduleFree, ScheduleFreeCB
 from .mixup import Mixup
-from .fastpath import decode_cache, cached_dls, epoch_seed, MixedPrecisionCB, ChannelsLastCB
+from .fastpath import decode_cache, cached_dls, epoch_seed, MixedPrecisionCB, ChannelsLastCB, keep_freed_memory
 from .distributed import launched, rank, world_size, setup_distributed, from_rank0, ended_well, DataParallelCB
 
 # %% ../nbs/09_train.ipynb #5ed774b8
@@ -175,7 +175,7 @@ def schedule_free(opt):
 
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks (`run` sets its `lr`)"
-    cbs = [SetupLearnerCB(device)] + ([MixedPrecisionCB(), ChannelsLastCB()] if device.type == 'cuda' else [])
+    cbs = [SetupLearnerCB(device)] + [MixedPrecisionCB()] * (device.type == 'cuda') + [ChannelsLastCB()] * args.channels_last
     warmup = dict(warmup_steps=len(dls.train) // 2) if schedule_free(args.opt) else {}
     return Learner(ARCHS[args.arch](n_out), dls, partial(cross_entropy, label_smoothing=args.ls), lr=OPT_DEFAULTS[args.opt]['lr'],
                    cbs=cbs, opt_func=partial(OPTS[args.opt], wd=args.wd, mom=args.mom, **warmup))
@@ -200,7 +200,7 @@ def _resume(args):
     if log is None: raise TrainError(f'nothing to resume in {d}: it needs the model.pth of an interrupted run')
     if log['finished']: raise TrainError(f'the run in {d} is already complete')
     here = {'device': args.device, 'workers': args.workers} if launched() else {}   # under torchrun: this rank's device
-    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD, no crop
+    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., 'channels_last': True, **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD, no crop
     print(f"resuming the run in {d} at epoch {log['completed_epochs']} of {saved.epochs}, with its arguments")
     return saved, log
 
@@ -356,6 +356,8 @@ def get_parser():
     a('--resume', type=Path, default=None, metavar='DIR', help='continue the interrupted run saved in DIR (with its arguments)')
     a('--fast', action=argparse.BooleanOptionalAction, default=True,
       help='decode once into a cache and augment on the device (default), or decode every epoch without augmentation')
+    a('--channels-last', action=argparse.BooleanOptionalAction, default=True,
+      help='keep images and activations in channels-last memory (default; faster convolutions), or in NCHW order')
     a('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
       help='under torchrun: BatchNorm with the statistics of the whole batch, over all processes (default), or of each share')
     a('--check-finite', action=argparse.BooleanOptionalAction, default=True,
@@ -382,6 +384,7 @@ def main(argv=None, decode=decode_cache, cbs=(), bars=None):
     "The `minifastai-train` command: parse `argv` (default: the command line) and `run`"
     p = get_parser()
     args = p.parse_args(argv)
+    keep_freed_memory()
     if launched(): args.device = str(setup_distributed(args.device))   # under torchrun: join its group first
     _check(p, args)
     try:
