@@ -2,7 +2,8 @@
 
 Times forward+backward (training mode) of simple_cnn, resnet_small and resnet18 built from minifastai's
 layers, and of the same architectures in torch.nn with the same weights and inputs; and our BatchNorm
-against nn.BatchNorm2d. Timings are interleaved (ours, torch, torch, ours, ...): we report the median time
+against nn.BatchNorm2d; resnet_small and the batch norms again in the channels-last memory format (rows
+marked `CL`), the layout minifastai-train uses. Timings are interleaved (ours, torch, torch, ours, ...): we report the median time
 of each and the median of the per-rep ratios, so that noise from other processes hits both sides alike.
 Runs on CUDA when available (wall-clock time), else on CPU with one thread by default, timing the CPU
 time of the process: on a shared machine, wall-clock time mostly measures how long we wait for a core.
@@ -82,20 +83,25 @@ def timeit(ours, theirs, dev, reps, iters):
             sync(dev); ts.append((clock() - t0) / iters)
     return statistics.median(ta), statistics.median(tb), statistics.median(a / b for a, b in zip(ta, tb))
 
-def bench_model(name, ours, theirs, bs, size, dev, reps, iters):
+CL = torch.channels_last
+
+def bench_model(name, ours, theirs, bs, size, dev, reps, iters, cl=False):
     ours.to(dev); theirs.to(dev)
     copy_weights(ours, theirs)
     x,y = torch.randn(bs, 3, size, size, device=dev),torch.randint(0, 10, (bs,), device=dev)
+    if cl: ours, theirs, x = ours.to(memory_format=CL), theirs.to(memory_format=CL), x.contiguous(memory_format=CL)
     with torch.no_grad():
         a,b = ours(x),theirs(x)
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-3), (a - b).abs().max()
-    return (f'{name} fwd+bwd bs{bs} {size}px',) + timeit(step_fn(ours, x, y), step_fn(theirs, x, y), dev, reps, iters)
+    return (f'{name} fwd+bwd bs{bs} {size}px' + ' CL' * cl,) + timeit(step_fn(ours, x, y), step_fn(theirs, x, y), dev, reps, iters)
 
-def bench_bn(shape, dev, reps, iters):
+def bench_bn(shape, dev, reps, iters, cl=False):
     ours,theirs = BatchNorm(shape[1]).to(dev),nn.BatchNorm2d(shape[1]).to(dev)
-    x = torch.randn(shape, device=dev).mul_(3).add_(1).requires_grad_()
+    x = torch.randn(shape, device=dev).mul_(3).add_(1)
     g = torch.randn(shape, device=dev)
-    return (f'BatchNorm fwd+bwd {list(shape)}',) + timeit(layer_fn(ours, x, g), layer_fn(theirs, x, g), dev, reps, iters)
+    if cl: x, g = x.contiguous(memory_format=CL), g.contiguous(memory_format=CL)
+    x.requires_grad_()
+    return (f'BatchNorm fwd+bwd {list(shape)}' + ' CL' * cl,) + timeit(layer_fn(ours, x, g), layer_fn(theirs, x, g), dev, reps, iters)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,6 +119,9 @@ def main():
         bench_model('resnet18', resnet18(10), torch_resnet18(), 32 * k, 64, dev, args.reps, 1 * k),
         bench_bn((32 * k, 64, 32, 32), dev, args.reps, 5 * k),
         bench_bn((32 * k, 256, 8, 8), dev, args.reps, 5 * k),
+        bench_model('resnet_small', resnet_small(), torch_resnet_small(), 32 * k, 64, dev, args.reps, 2 * k, cl=True),
+        bench_bn((32 * k, 64, 32, 32), dev, args.reps, 5 * k, cl=True),
+        bench_bn((32 * k, 256, 8, 8), dev, args.reps, 5 * k, cl=True),
     ]
     name = torch.cuda.get_device_name() if gpu else f'CPU, {torch.get_num_threads()} thread(s), process CPU time'
     print(f'device: {name}; torch {torch.__version__}; medians of {args.reps} interleaved reps')

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from fastcore.basics import patch
 from .data import to_device
-from .layers import BatchNorm, _acc, _chan, _chan_sumsq, _chan_dot
+from .layers import BatchNorm, _acc, _chan, _chan_sum, _chan_sumsq, _chan_dot, _affine
 from .learner import Learner, Callback
 
 # %% ../nbs/08a_distributed.ipynb #9df005fe
@@ -137,7 +137,7 @@ def average_grads(params, n, loss, cap=2**22):
 def _gather_stats(x):
     "Per channel: the mean and biased variance of `x` over all ranks, and the total count"
     n = x.numel() // x.shape[1]
-    mean = x.mean((0, 2, 3), dtype=_acc(x))
+    mean = _chan_sum(x) / n
     m2 = _chan_sumsq(torch.sub(x, _chan(mean), out=torch.empty_like(x, dtype=_acc(x))))
     mine = torch.cat([mean.new_tensor([n]), mean, m2]).to(_comm_device())
     every = [torch.empty_like(mine) for _ in range(world_size())]
@@ -158,19 +158,18 @@ class SyncBatchNormFunction(torch.autograd.Function):
         ctx.save_for_backward(xc, w, invstd)
         ctx.N = N
         ctx.mark_non_differentiable(mean, var, N)
-        return torch.mul(xc, _chan(w * invstd), out=torch.empty_like(x)).add_(_chan(b)), mean, var, N
+        return _affine(xc, w * invstd, b), mean, var, N
 
     @staticmethod
     def backward(ctx, g, _gmean, _gvar, _gn):
         xc, w, invstd = ctx.saved_tensors
         n = xc.numel() // xc.shape[1]
-        gsum, gdot = g.sum((0, 2, 3), dtype=_acc(xc)), _chan_dot(g, xc)
+        gsum, gdot = _chan_sum(g), _chan_dot(g, xc)
         sums = torch.cat([gsum, gdot]).mul_(n).to(_comm_device())
         _check('adding up BatchNorm gradients', lambda: dist.all_reduce(sums))
         G, Gdot = (sums.to(xc.device) / ctx.N).chunk(2)
         s = w * invstd
-        dx = torch.mul(g, _chan(s), out=torch.empty_like(xc))
-        dx.addcmul_(xc, _chan(-s * invstd * invstd * Gdot / n)).add_(_chan(-s * G / n))
+        dx = _affine(g, s, -s * G / n).addcmul_(xc, _chan(-s * invstd * invstd * Gdot / n))
         return dx, (gdot * invstd).to(w.dtype), gsum.to(w.dtype), None
 
 class SyncBatchNorm(BatchNorm):

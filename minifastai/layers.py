@@ -92,8 +92,8 @@ def _acc(t):
     return torch.promote_types(t.dtype, torch.float32)
 
 def _rows(t):
-    "The (n*h*w, c) matrix of the values of a `channels_last` NCHW `t` (a view), or None if `t` is not laid out so"
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+    "The (n*h*w, c) matrix of the values of a `channels_last` NCHW `t` on the CPU (a view), or None if `t` is not that"
+    if t.device.type == 'cpu' and t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 def _chan_sum(a):
@@ -109,9 +109,10 @@ def _chan_dot(a, b):
     return _chan_sum(torch.mul(a, b, out=torch.empty_like(a, dtype=_acc(a))))
 
 def _chan_sumsq(a):
-    "Per-channel sum of `a**2` over batch and spatial dims, accumulated in float32 (without materializing `a**2` if contiguous)"
+    "Per-channel sum of `a**2` over batch and spatial dims, accumulated in float32"
     if a.is_contiguous(): return torch.linalg.vector_norm(a.flatten(2), dim=-1, dtype=_acc(a)).square().sum(0)
-    return _chan_dot(a, a)
+    if _rows(a) is not None: return _chan_dot(a, a)
+    return torch.linalg.vector_norm(a, dim=(0, 2, 3), dtype=_acc(a)).square()
 
 def _affine(x, s, t):
     "`x*s + t` with per-channel float32 `s` and `t`, computed in float32 and stored in a new tensor of `x`'s dtype and layout"

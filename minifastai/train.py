@@ -270,6 +270,9 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
                        *([FiniteCheckCB()] if args.check_finite else []), *([Mixup(args.mixup)] if args.mixup else []),
                        *([DataParallelCB(sync_bn=args.sync_bn)] if world_size() > 1 else []), *cbs]
             learn.fit(args.epochs, cbs=fit_cbs, start_epoch=start)
+            if not runlog.log['epochs']:   # a callback's CancelFitException in the first epoch
+                err = TrainError('a callback stopped training before the first epoch ended: nothing to save'); err.status = 1
+                raise err
             writer.wait()   # the last epoch's checkpoint is written (or its error raised)
         except KeyboardInterrupt as e: writer.settle(); _interrupted(out, args.epochs, getattr(e, 'status', 130))
         except NonFiniteLossError as e:
