@@ -215,9 +215,10 @@ class DataParallelCB(Callback):
         self.old = self._shard(rank(), world_size()) if self.shard else []
         self.out = _quiet() if self.quiet and rank() != 0 else contextlib.nullcontext()
         self.out.__enter__()
+        self.rec = getattr(self.learner, 'recorder', None)
+        if self.rec is not None: self.rec.reduce = self._all_means
 
     def before_epoch(self):
-        self.count = 0
         if self.training:
             lens = torch.tensor([len(self.dl), -len(self.dl)], device=_comm_device())
             _check('comparing the numbers of batches', lambda: dist.all_reduce(lens, dist.ReduceOp.MAX))
@@ -229,25 +230,17 @@ class DataParallelCB(Callback):
     def after_backward(self):
         self.learner.loss = average_grads(self.params, len(self.batch[1]), self.loss.detach(), self.cap)
 
-    def after_batch(self):
-        if self.loss is not None: self.count += len(self.batch[1])
-
-    def after_epoch(self):
-        r = getattr(self.learner, 'recorder', None)
-        if r is None: return
-        k = 1 if self.training else 1 + len(r.metrics)
-        mine = [r._train_loss] if self.training else r.values[-1][2:2 + k]
-        t = torch.tensor([v * self.count if self.count else 0. for v in mine] + [self.count], dtype=torch.float64,
-                         device=_comm_device())
+    def _all_means(self, means, n):
+        "The `Recorder`'s `reduce`: this rank's `means` over its `n` items -> the means over every rank's items"
+        t = torch.tensor([v * n if n else 0. for v in means] + [n], dtype=torch.float64, device=_comm_device())
         _check('adding up the results', lambda: dist.all_reduce(t))
-        means = (t[:-1] / t[-1]).tolist()
-        if self.training: r._train_loss = means[0]
-        else: r.values[-1][2:2 + k] = means
+        return (t[:-1] / t[-1]).tolist()
 
     def after_fit(self):  # no collective here: after an error on one rank, the others may be inside a different one
         for dl, r, ws in getattr(self, 'old', []): dl.rank, dl.world_size = r, ws
         if getattr(self, 'n_synced', 0): sync_batchnorm(self.model, on=False)
         if hasattr(self, 'out'): self.out.__exit__(None, None, None)
+        if getattr(self, 'rec', None) is not None: self.rec.reduce = None
 
 # %% ../nbs/08a_distributed.ipynb #68c841c9
 @patch

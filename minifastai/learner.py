@@ -253,7 +253,7 @@ class Recorder(Callback):
     order, run_preds = 50, False
     def __init__(self, *metrics):
         self.metrics, self.losses, self.lrs, self.values, self.valid_iters = metrics, [], [], [], []
-        self._train_loss = None
+        self._train_loss, self.reduce = None, None
 
     @property
     def names(self): return ['epoch', 'train_loss', 'valid_loss', *[m.__name__ for m in self.metrics], 'time']
@@ -273,6 +273,7 @@ class Recorder(Callback):
 
     def after_epoch(self):
         means = _weighted_means(self._vals, self._ns, 1 if self.training else 1 + len(self.metrics))
+        if self.reduce is not None: means = self.reduce(means, sum(self._ns))
         if self.training: self._train_loss = means[0]; return
         self.values.append([self.epoch, self._train_loss, *means, time.time() - self._t0])
         self.valid_iters.append(len(self.losses))
