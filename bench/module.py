@@ -3,8 +3,9 @@
 Times forward+backward (training mode) of simple_cnn, resnet_small and resnet18 built from minifastai's
 layers, and of the same architectures in torch.nn with the same weights and inputs; and our BatchNorm
 against nn.BatchNorm2d; resnet_small and the batch norms again in the channels-last memory format (rows
-marked `CL`), the layout minifastai-train uses. Timings are interleaved (ours, torch, torch, ours, ...): we report the median time
-of each and the median of the per-rep ratios, so that noise from other processes hits both sides alike.
+marked `CL`), the layout minifastai-train uses. Timings are interleaved (ours, torch, torch, ours, ...):
+we report the median time of each and the median of the per-rep ratios, so that noise from other
+processes hits both sides alike.
 Runs on CUDA when available (wall-clock time), else on CPU with one thread by default, timing the CPU
 time of the process: on a shared machine, wall-clock time mostly measures how long we wait for a core.
 

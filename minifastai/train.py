@@ -200,7 +200,7 @@ def _resume(args):
     if log is None: raise TrainError(f'nothing to resume in {d}: it needs the model.pth of an interrupted run')
     if log['finished']: raise TrainError(f'the run in {d} is already complete')
     here = {'device': args.device, 'workers': args.workers} if launched() else {}   # under torchrun: this rank's device
-    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., 'channels_last': True, **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD, no crop
+    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., 'channels_last': True, **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD, no crop; the layout only changes speed
     print(f"resuming the run in {d} at epoch {log['completed_epochs']} of {saved.epochs}, with its arguments")
     return saved, log
 
