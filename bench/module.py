@@ -3,8 +3,9 @@
 Times forward+backward (training mode) of simple_cnn, resnet_small and resnet18 built from minifastai's
 layers, and of the same architectures in torch.nn with the same weights and inputs; and our BatchNorm
 against nn.BatchNorm2d; resnet_small and the batch norms again in the channels-last memory format (rows
-marked `CL`), the layout minifastai-train uses. Timings are interleaved (ours, torch, torch, ours, ...):
-we report the median time of each and the median of the per-rep ratios, so that noise from other
+marked `CL`), the layout minifastai-train uses; then our resnet_small's training step at the CPU recipe's
+shape (batch 128, 56px) in channels-last against NCHW. Timings are interleaved (ours, torch, torch, ours,
+...): we report the median time of each and the median of the per-rep ratios, so that noise from other
 processes hits both sides alike.
 Runs on CUDA when available (wall-clock time), else on CPU with one thread by default, timing the CPU
 time of the process: on a shared machine, wall-clock time mostly measures how long we wait for a core.
@@ -104,6 +105,13 @@ def bench_bn(shape, dev, reps, iters, cl=False):
     x.requires_grad_()
     return (f'BatchNorm fwd+bwd {list(shape)}' + ' CL' * cl,) + timeit(layer_fn(ours, x, g), layer_fn(theirs, x, g), dev, reps, iters)
 
+def bench_layout(bs, size, dev, reps, iters):
+    "Our resnet_small's training step (forward and backward) in channels-last and in NCHW: same weights and inputs"
+    nchw, cl = resnet_small().to(dev), resnet_small().to(dev)
+    cl.load_state_dict(nchw.state_dict()); cl.to(memory_format=CL)
+    x, y = torch.randn(bs, 3, size, size, device=dev), torch.randint(0, 10, (bs,), device=dev)
+    return timeit(step_fn(cl, x.contiguous(memory_format=CL), y), step_fn(nchw, x, y), dev, reps, iters)
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--reps', type=int, default=11)
@@ -130,5 +138,8 @@ def main():
     print(f'| {"case":<{w}} | ours ms | torch.nn ms | ours/torch |')
     print(f'|{"-" * (w + 2)}|--------:|------------:|-----------:|')
     for case, a, b, ratio in rows: print(f'| {case:<{w}} | {a * 1e3:7.2f} | {b * 1e3:11.2f} | {ratio:10.3f} |')
+    a, b, ratio = bench_layout(128, 56, dev, args.reps, 1)
+    print(f'\nour resnet_small, training step, bs128 56px: channels-last {a * 1e3:.1f} ms, NCHW {b * 1e3:.1f} ms, '
+          f'channels-last/NCHW {ratio:.3f}')
 
 if __name__ == '__main__': main()

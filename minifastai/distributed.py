@@ -216,7 +216,7 @@ class DataParallelCB(Callback):
         self.out = _quiet() if self.quiet and rank() != 0 else contextlib.nullcontext()
         self.out.__enter__()
         self.rec = getattr(self.learner, 'recorder', None)
-        if self.rec is not None: self.rec.reduce = self._all_means
+        if self.rec is not None: self.rec_reduce, self.rec.reduce = self.rec.reduce, self._all_means
 
     def before_epoch(self):
         if self.training:
@@ -240,7 +240,7 @@ class DataParallelCB(Callback):
         for dl, r, ws in getattr(self, 'old', []): dl.rank, dl.world_size = r, ws
         if getattr(self, 'n_synced', 0): sync_batchnorm(self.model, on=False)
         if hasattr(self, 'out'): self.out.__exit__(None, None, None)
-        if getattr(self, 'rec', None) is not None: self.rec.reduce = None
+        if getattr(self, 'rec', None) is not None: self.rec.reduce = self.rec_reduce   # whatever it was before
 
 # %% ../nbs/08a_distributed.ipynb #68c841c9
 @patch
