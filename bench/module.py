@@ -4,7 +4,10 @@ Times forward+backward (training mode) of simple_cnn, resnet_small and resnet18 
 layers, and of the same architectures in torch.nn with the same weights and inputs; and our BatchNorm
 against nn.BatchNorm2d; resnet_small and the batch norms again in the channels-last memory format (rows
 marked `CL`), the layout minifastai-train uses; then our resnet_small's training step at the CPU recipe's
-shape (batch 128, 56px) in channels-last against NCHW. Timings are interleaved (ours, torch, torch, ours,
+shape (batch 128, 56px) in channels-last against NCHW; then our xresnet50's step (channels-last) with our
+batch norm kernel against PyTorch's fused one (`BatchNorm(fused=True)`, what a GPU gets), with the number of
+operations that do work (kernels, on a GPU) each step issues. "Ours" is always our own batch norm code
+(`fused=False`), on a GPU too. Timings are interleaved (ours, torch, torch, ours,
 ...): we report the median time of each and the median of the per-rep ratios, so that noise from other
 processes hits both sides alike.
 Runs on CUDA when available (wall-clock time), else on CPU with one thread by default, timing the CPU
@@ -16,7 +19,9 @@ import argparse, statistics, time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from minifastai.layers import simple_cnn, resnet_small, resnet18, BatchNorm
+from collections import Counter
+from torch.utils._python_dispatch import TorchDispatchMode
+from minifastai.layers import simple_cnn, resnet_small, resnet18, xresnet50, BatchNorm
 
 def torch_simple_cnn(n_out=10):
     convs = [m for ni, nf in [(3, 16), (16, 32), (32, 64), (64, 128)] for m in (nn.Conv2d(ni, nf, 3, 2, 1), nn.ReLU(inplace=True))]
@@ -87,8 +92,14 @@ def timeit(ours, theirs, dev, reps, iters):
 
 CL = torch.channels_last
 
+def set_bn(model, fused):
+    "Give every `BatchNorm` of our `model` the kernel `fused` (False: ours, True: PyTorch's)"
+    for m in model.modules():
+        if isinstance(m, BatchNorm): m.fused = fused
+    return model
+
 def bench_model(name, ours, theirs, bs, size, dev, reps, iters, cl=False):
-    ours.to(dev); theirs.to(dev)
+    set_bn(ours, False).to(dev); theirs.to(dev)
     copy_weights(ours, theirs)
     x,y = torch.randn(bs, 3, size, size, device=dev),torch.randint(0, 10, (bs,), device=dev)
     if cl: ours, theirs, x = ours.to(memory_format=CL), theirs.to(memory_format=CL), x.contiguous(memory_format=CL)
@@ -98,7 +109,7 @@ def bench_model(name, ours, theirs, bs, size, dev, reps, iters, cl=False):
     return (f'{name} fwd+bwd bs{bs} {size}px' + ' CL' * cl,) + timeit(step_fn(ours, x, y), step_fn(theirs, x, y), dev, reps, iters)
 
 def bench_bn(shape, dev, reps, iters, cl=False):
-    ours,theirs = BatchNorm(shape[1]).to(dev),nn.BatchNorm2d(shape[1]).to(dev)
+    ours,theirs = BatchNorm(shape[1], fused=False).to(dev),nn.BatchNorm2d(shape[1]).to(dev)
     x = torch.randn(shape, device=dev).mul_(3).add_(1)
     g = torch.randn(shape, device=dev)
     if cl: x, g = x.contiguous(memory_format=CL), g.contiguous(memory_format=CL)
@@ -111,6 +122,28 @@ def bench_layout(bs, size, dev, reps, iters):
     cl.load_state_dict(nchw.state_dict()); cl.to(memory_format=CL)
     x, y = torch.randn(bs, 3, size, size, device=dev), torch.randint(0, 10, (bs,), device=dev)
     return timeit(step_fn(cl, x.contiguous(memory_format=CL), y), step_fn(nchw, x, y), dev, reps, iters)
+
+class Kernels(TorchDispatchMode):
+    "Count the operations that do work (not views, metadata or allocations): on a GPU, each is a kernel launch"
+    free = {'view', 'unsqueeze', 'squeeze', 'permute', 't', 'detach', 'expand', 'reshape', 'as_strided', '_unsafe_view',
+            'promote_types', 'alias', 'empty', 'empty_like', 'empty_strided'}
+    def __init__(self): super().__init__(); self.n = 0
+    def __torch_dispatch__(self, f, types, args=(), kwargs=None):
+        self.n += f.overloadpacket.__name__ not in self.free
+        return f(*args, **(kwargs or {}))
+
+def bench_bn_kernel(bs, size, dev, reps, iters):
+    "Our xresnet50's training step in channels-last with our batch norm kernel and with PyTorch's: times and operations per step"
+    ours, fused = xresnet50(10), xresnet50(10)
+    fused.load_state_dict(ours.state_dict())
+    ours, fused = (set_bn(m, f).to(dev).to(memory_format=CL) for m, f in ((ours, False), (fused, True)))
+    x, y = torch.randn(bs, 3, size, size, device=dev).contiguous(memory_format=CL), torch.randint(0, 10, (bs,), device=dev)
+    steps = step_fn(ours, x, y), step_fn(fused, x, y)
+    ops = []
+    for s in steps:
+        with Kernels() as k: s()
+        ops.append(k.n)
+    return timeit(*steps, dev, reps, iters) + tuple(ops)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -141,5 +174,9 @@ def main():
     a, b, ratio = bench_layout(128, 56, dev, args.reps, 1)
     print(f'\nour resnet_small, training step, bs128 56px: channels-last {a * 1e3:.1f} ms, NCHW {b * 1e3:.1f} ms, '
           f'channels-last/NCHW {ratio:.3f}')
+    bs, size = (128, 128) if gpu else (16, 64)
+    a, b, ratio, n_ours, n_fused = bench_bn_kernel(bs, size, dev, args.reps, 1)
+    print(f'our xresnet50, training step, bs{bs} {size}px channels-last: our batch norm {a * 1e3:.1f} ms ({n_ours} operations), '
+          f'PyTorch\'s fused batch norm {b * 1e3:.1f} ms ({n_fused} operations), ours/fused {ratio:.3f}')
 
 if __name__ == '__main__': main()
