@@ -2,7 +2,7 @@
 
     python bench/train.py cpu      # (a) the chapter's recipe, fast path vs plain path; (b) the 5-epoch and the default recipes
     python bench/train.py repro    # (d) two runs with the same seed give the same metrics
-    python bench/train.py gpu --archive path/to/imagenette2-128.tgz [--budget S]   # (c) 128px, 5 epochs, vs plain PyTorch
+    python bench/train.py gpu --archive path/to/imagenette2-160.tgz [--budget S]   # (c) 128px, 5 epochs, vs plain PyTorch
     python bench/train.py gpu --smoke    # (c) on the CPU, on 16+8 images per class: checks this script
     python bench/train.py peer [--peer-python PY] [--seeds 0 1 2]   # (e) the 5-epoch recipe against fastai's
     python bench/train.py quality [--seeds 0 1 2]   # (f) what the sharper training crops and the validation crop are worth
@@ -12,7 +12,8 @@ metrics.json: decode = data setup (decoding into the cache, or the loaders' firs
 (epochs with validation), epoch = the last epoch's time (train + valid), total = the whole command. CPU
 numbers need MINIFASTAI_MIRROR to point at a folder with imagenette2-160.tgz when there is no internet.
 `gpu` trains each of GPU_RECIPES for 5 epochs at 128px (the leaderboard's setting: random init, no test-time
-augmentation, validation at the training size), then the plain PyTorch peer: torch DataLoader with PIL
+augmentation, validation at the training size, images from Imagenette-160; imagenette2-128.tgz also works, at a
+loss of detail in the crops), then the plain PyTorch peer: torch DataLoader with PIL
 random-resized-crop workers, torch.nn resnet18 written inline (torchvision is not a dependency), the recipe of
 GPU_RECIPES' first row. Each run, ours and the peer's, starts a fresh Python process (its own CUDA context
 and cuDNN autotuning, as a user's run would: in one process, a later run would reuse the autotuning of an
@@ -54,12 +55,14 @@ CPU_RECIPES = {  # name: (arguments of minifastai-train, extra flags)
 PEER_RECIPE = CPU_RECIPES["(b) the 5-epoch recipe (fastai peer's)"][0]   # what `peer` trains on both sides
 GPU = {'size': 128, 'epochs': 5, 'ls': 0.1, 'min-scale': 0.35, 'device': 'cuda'}
 GPU_RECIPES = {   # name: minifastai-train's arguments on top of GPU; the first is the plain PyTorch peer's recipe too
-    'resnet18, bs 256, Adam 3e-3 (the peer\'s recipe)': dict(arch='resnet18', bs=256, opt='adam', lr=3e-3, wd=0.05),
-    'xresnet50, bs 128, schedule-free Adam 3e-3': dict(arch='xresnet50', bs=128, opt='sf-adam', lr=3e-3, wd=0.05),
-    'xresnet50, bs 64, schedule-free Adam 3e-3': dict(arch='xresnet50', bs=64, opt='sf-adam', lr=3e-3, wd=0.05),
-    'xresnet50, bs 128, schedule-free Adam 6e-3': dict(arch='xresnet50', bs=128, opt='sf-adam', lr=6e-3, wd=0.05),
-    'resnet18, bs 256, schedule-free Adam 3e-3': dict(arch='resnet18', bs=256, opt='sf-adam', lr=3e-3, wd=0.05),
-}
+    "resnet18, bs 256, Adam 3e-3 (the peer's recipe)": dict(arch='resnet18', bs=256, opt='adam', lr=3e-3, wd=0.05),
+    'xresnet50, bs 128, sf-adam 3e-3, our BN kernel': dict(arch='xresnet50', bs=128, opt='sf-adam', lr=3e-3, wd=0.05, bn='ours'),
+    'xresnet50, bs 128, sf-adam 3e-3': dict(arch='xresnet50', bs=128, opt='sf-adam', lr=3e-3, wd=0.05),
+    'xresnet50, bs 128, sf-adam 3e-3, Mish': dict(arch='xresnet50', bs=128, opt='sf-adam', lr=3e-3, wd=0.05, act='mish'),
+    'xresnet50, bs 64, sf-adam 3e-3, Mish': dict(arch='xresnet50', bs=64, opt='sf-adam', lr=3e-3, wd=0.05, act='mish'),
+    'xresnet50, bs 128, Adam 3e-3 one-cycle, Mish': dict(arch='xresnet50', bs=128, opt='adam', lr=3e-3, wd=0.05, act='mish'),
+    'xresnet50, bs 64, Adam 3e-3 one-cycle, Mish': dict(arch='xresnet50', bs=64, opt='adam', lr=3e-3, wd=0.05, act='mish'),
+}   # sf-adam: schedule-free AdamW (06a); "our BN kernel": --bn ours, where the others take PyTorch's fused kernel on the GPU
 SMOKE = {'size': 32, 'epochs': 1, 'bs': 32, 'workers': 2, 'device': 'cpu'}   # gpu --smoke: the same code path on a CPU
 
 def cpu_seconds():
@@ -316,7 +319,7 @@ if __name__ == '__main__':
     p.add_argument('--peer-args', help=argparse.SUPPRESS)   # _torch_peer: [path, epochs, keyword arguments] as JSON
     p.add_argument('--peer-python', default=sys.executable, help='peer: a Python that can import fastai')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='peer, quality: the seeds')
-    p.add_argument('--archive', default='data/imagenette2-128.tgz', help='imagenette2-128.tgz, for gpu')
+    p.add_argument('--archive', default='data/imagenette2-160.tgz', help='gpu: imagenette2-160.tgz (or -128)')
     p.add_argument('--budget', type=float, default=None, help='gpu: start no recipe after this many seconds (the peer still runs)')
     p.add_argument('--smoke', action='store_true', help='gpu: run on the CPU, on a few images, to check the script')
     a = p.parse_args()
