@@ -16,7 +16,7 @@
 # `data/imagenette2-160.tgz.part-ab`, `data/imagenette2-160.sha256` and `.whl`, and runs `bash bench/gpu.sh
 # [BUDGET_S]`: it joins and checks the archive, runs the notebooks with their `#| cuda` cells on it (through the
 # download code's mirror setting), then bench/train.py's GPU benchmark (the recipes that start within BUDGET_S
-# seconds, default 280, then the plain PyTorch peer), and writes the logs to $OUT. With
+# seconds, default 240, then the plain PyTorch peer), and writes the logs to $OUT. With
 # `data/imagenette2-128.tgz` instead of the parts (one call), the benchmark trains on the 128px images and the
 # notebooks read a stand-in: those images enlarged to 160px on their shorter side.
 set -uo pipefail
@@ -63,5 +63,5 @@ for nb in 00_data 01_module 02_layers 04_learner 08_fastpath 09_train; do
 done 2>&1 | tee $OUT/cuda_summary.log
 echo "notebooks: $((SECONDS - t0)) s"
 python3 bench/module.py --reps 5 2>&1 | tee $OUT/module_bench.log
-python3 bench/train.py gpu --archive $archive --budget ${1:-280} 2>&1 | tee $OUT/gpu_bench.log
+python3 bench/train.py gpu --archive $archive --budget ${1:-240} 2>&1 | tee $OUT/gpu_bench.log
 cat $OUT/cuda_summary.log
