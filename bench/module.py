@@ -19,7 +19,6 @@ import argparse, statistics, time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from collections import Counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from minifastai.layers import simple_cnn, resnet_small, resnet18, xresnet50, BatchNorm
 
