@@ -20,9 +20,10 @@
 # `data/imagenette2-128.tgz` instead of the parts (one call), the benchmark trains on the 128px images and the
 # notebooks read a stand-in: those images enlarged to 160px on their shorter side.
 set -uo pipefail
-if [ "${1:-}" = stage ]; then ls -l data/imagenette2-160.tgz.part-*; exit 0; fi
+if [ "${1:-}" = stage ]; then ls -l data/imagenette2-160.tgz.part-aa || { echo "call 1 must carry data/imagenette2-160.tgz.part-aa"; exit 1; }; exit 0; fi
 if [ -f data/imagenette2-160.tgz.part-ab ]; then
     [ -f data/imagenette2-160.tgz.part-aa ] || { echo "data/imagenette2-160.tgz.part-aa is not here: the machine was given back after call 1; run both calls again"; exit 1; }
+    [ -f data/imagenette2-160.sha256 ] || { echo "call 2 must carry data/imagenette2-160.sha256 as well"; exit 1; }
     cat data/imagenette2-160.tgz.part-a? > data/imagenette2-160.tgz &&
         (cd data && sha256sum -c imagenette2-160.sha256) || { echo "data/imagenette2-160.tgz: the joined parts fail their checksum"; exit 1; }
     archive=data/imagenette2-160.tgz
@@ -43,7 +44,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
 export MINIFASTAI_HOME=/tmp/mfhome
 mkdir -p $MINIFASTAI_HOME/data
-if [ $archive = data/imagenette2-160.tgz ]; then export MINIFASTAI_MIRROR=file://$PWD/data
+if [ $archive = data/imagenette2-160.tgz ]; then   # the real archive, through the mirror (and no stand-in left from a 128px call)
+    rm -rf $MINIFASTAI_HOME/data/imagenette2-160*; export MINIFASTAI_MIRROR=file://$PWD/data
 elif [ ! -d $MINIFASTAI_HOME/data/imagenette2-160 ]; then
     tar xzf $archive -C $MINIFASTAI_HOME/data && mv $MINIFASTAI_HOME/data/imagenette2-128 $MINIFASTAI_HOME/data/imagenette2-160 &&
     python3 - <<'PY'

@@ -16,9 +16,9 @@ from .module import *
 
 # %% ../nbs/02_layers.ipynb #d6289d2e
 def activate(x, act):
-    "`x` through the activation `act`: ReLU (in place) if it is True, nothing if it is False or None, else the function `act`"
-    if act is True: return F.relu(x, inplace=True)
-    return act(x) if act else x
+    "`x` through the activation `act`: the function `act`, or ReLU (in place) if it is true, nothing if false or None"
+    if callable(act): return act(x)
+    return F.relu(x, inplace=True) if act else x
 
 def _act_name(act): return getattr(act, '__name__', act)
 
