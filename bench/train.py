@@ -213,7 +213,7 @@ def gpu(archive, smoke=False, budget=None):
                                wd=first['wd'], min_scale=base['min-scale'], workers=base.get('workers'), device=base['device']))
     name = torch.cuda.get_device_name() if base['device'] == 'cuda' else 'none (--smoke: CPU)'
     print(f"\nGPU: {name}, {os.cpu_count()} CPU cores, torch {torch.__version__}; {base['size']}px, {base['epochs']} epochs, "
-          f"label smoothing {base['ls']}, crops of at least {base['min-scale']} of the image")
+          f"label smoothing {base['ls']}, crops of at least {base['min-scale']} of the image; images from {Path(archive).name}")
     table(rows, ref=rows[-1])
     if skipped: print(f'skipped (past the {budget} s budget): {"; ".join(skipped)}')
     print('target (issue 14): >= 0.85 at 128px in 5 epochs, in under 30 s in all; the leaderboard: 0.8577 (5-run mean)')
