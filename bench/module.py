@@ -19,8 +19,7 @@ import argparse, statistics, time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from minifastai.layers import simple_cnn, resnet_small, resnet18, xresnet50, BatchNorm
+from minifastai.layers import simple_cnn, resnet_small, resnet18, xresnet50, BatchNorm, OpCounter, set_bn_kernel
 
 def torch_simple_cnn(n_out=10):
     convs = [m for ni, nf in [(3, 16), (16, 32), (32, 64), (64, 128)] for m in (nn.Conv2d(ni, nf, 3, 2, 1), nn.ReLU(inplace=True))]
@@ -91,14 +90,8 @@ def timeit(ours, theirs, dev, reps, iters):
 
 CL = torch.channels_last
 
-def set_bn(model, fused):
-    "Give every `BatchNorm` of our `model` the kernel `fused` (False: ours, True: PyTorch's)"
-    for m in model.modules():
-        if isinstance(m, BatchNorm): m.fused = fused
-    return model
-
 def bench_model(name, ours, theirs, bs, size, dev, reps, iters, cl=False):
-    set_bn(ours, False).to(dev); theirs.to(dev)
+    set_bn_kernel(ours, False).to(dev); theirs.to(dev)
     copy_weights(ours, theirs)
     x,y = torch.randn(bs, 3, size, size, device=dev),torch.randint(0, 10, (bs,), device=dev)
     if cl: ours, theirs, x = ours.to(memory_format=CL), theirs.to(memory_format=CL), x.contiguous(memory_format=CL)
@@ -122,26 +115,17 @@ def bench_layout(bs, size, dev, reps, iters):
     x, y = torch.randn(bs, 3, size, size, device=dev), torch.randint(0, 10, (bs,), device=dev)
     return timeit(step_fn(cl, x.contiguous(memory_format=CL), y), step_fn(nchw, x, y), dev, reps, iters)
 
-class Kernels(TorchDispatchMode):
-    "Count the operations that do work (not views, metadata or allocations): on a GPU, each is a kernel launch"
-    free = {'view', 'unsqueeze', 'squeeze', 'permute', 't', 'detach', 'expand', 'reshape', 'as_strided', '_unsafe_view',
-            'promote_types', 'alias', 'empty', 'empty_like', 'empty_strided'}
-    def __init__(self): super().__init__(); self.n = 0
-    def __torch_dispatch__(self, f, types, args=(), kwargs=None):
-        self.n += f.overloadpacket.__name__ not in self.free
-        return f(*args, **(kwargs or {}))
-
 def bench_bn_kernel(bs, size, dev, reps, iters):
     "Our xresnet50's training step in channels-last with our batch norm kernel and with PyTorch's: times and operations per step"
     ours, fused = xresnet50(10), xresnet50(10)
     fused.load_state_dict(ours.state_dict())
-    ours, fused = (set_bn(m, f).to(dev).to(memory_format=CL) for m, f in ((ours, False), (fused, True)))
+    ours, fused = (set_bn_kernel(m, f).to(dev).to(memory_format=CL) for m, f in ((ours, False), (fused, True)))
     x, y = torch.randn(bs, 3, size, size, device=dev).contiguous(memory_format=CL), torch.randint(0, 10, (bs,), device=dev)
     steps = step_fn(ours, x, y), step_fn(fused, x, y)
     ops = []
     for s in steps:
-        with Kernels() as k: s()
-        ops.append(k.n)
+        with OpCounter() as k: s()   # the operations that do work: on a GPU, kernel launches
+        ops.append(sum(k.ops.values()))
     return timeit(*steps, dev, reps, iters) + tuple(ops)
 
 def main():

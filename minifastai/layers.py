@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['activate', 'ConvLayer', 'Linear', 'Sequential', 'AdaptivePool', 'MaxPool', 'simple_cnn', 'BatchNormFunction',
-           'BatchNorm', 'ResBlock', 'resnet18', 'resnet_small', 'AvgPool', 'Bottleneck', 'xresnet50']
+           'BatchNorm', 'OpCounter', 'set_bn_kernel', 'ResBlock', 'resnet18', 'resnet_small', 'AvgPool', 'Bottleneck',
+           'xresnet50']
 
 # %% ../nbs/02_layers.ipynb #79bda0a6
 import math
@@ -185,6 +186,27 @@ class BatchNorm(Module):
         return y
 
     def extra_repr(self): return f'{len(self.w)}, eps={self.eps}, mom={self.mom}' + ('' if self.fused is None else f', fused={self.fused}')
+
+# %% ../nbs/02_layers.ipynb #b3941bae
+from collections import Counter
+from torch.utils._python_dispatch import TorchDispatchMode
+
+class OpCounter(TorchDispatchMode):
+    "Count the operations (ATen ops) that run under it, by name: those that do work in `ops`, views and allocations in `free`"
+    free_ops = {'view', 'unsqueeze', 'squeeze', 'permute', 't', 'detach', 'expand', 'reshape', 'as_strided',
+                '_unsafe_view', 'promote_types', 'alias', 'empty', 'empty_like', 'empty_strided'}   # no kernel: metadata, allocation
+    def __init__(self): super().__init__(); self.ops, self.free = Counter(), Counter()
+    def __torch_dispatch__(self, f, types, args=(), kwargs=None):
+        name = f.overloadpacket.__name__
+        (self.free if name in self.free_ops else self.ops)[name] += 1
+        return f(*args, **(kwargs or {}))
+
+# %% ../nbs/02_layers.ipynb #22cd0c19
+def set_bn_kernel(model, fused):
+    "Set `fused` in every `BatchNorm` of `model` (None: PyTorch's kernel for CUDA tensors, ours for the others); return `model`"
+    for m in model.modules():
+        if isinstance(m, BatchNorm): m.fused = fused
+    return model
 
 # %% ../nbs/02_layers.ipynb #224e437b
 class ResBlock(Module):

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from .data import URLs, untar_data, get_image_files, parent_label, Dataset, DataLoader, DataLoaders, \
     atomic_write, default_device, remove_leftovers
-from .layers import simple_cnn, resnet_small, resnet18, xresnet50, BatchNorm
+from .layers import simple_cnn, resnet_small, resnet18, xresnet50, set_bn_kernel
 from .loss import cross_entropy
 from .learner import Learner, Callback, SGD, SetupLearnerCB, Recorder, ProgressCB, FiniteCheckCB, \
     NonFiniteLossError, accuracy, read_checkpoint, write_checkpoint
@@ -180,10 +180,7 @@ ACTS = {'relu': True, 'mish': F.mish}                       # --act: the `act` o
 
 def make_model(args, n_out):
     "The `--arch` network, with the `--act` activation and the `--bn` kernel in its batch norm layers"
-    model = ARCHS[args.arch](n_out, act=ACTS[args.act])
-    for m in model.modules():
-        if isinstance(m, BatchNorm): m.fused = BN_KERNELS[args.bn]
-    return model
+    return set_bn_kernel(ARCHS[args.arch](n_out, act=ACTS[args.act]), BN_KERNELS[args.bn])
 
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks (`run` sets its `lr`)"
@@ -212,7 +209,7 @@ def _resume(args):
     if log is None: raise TrainError(f'nothing to resume in {d}: it needs the model.pth of an interrupted run')
     if log['finished']: raise TrainError(f'the run in {d} is already complete')
     here = {'device': args.device, 'workers': args.workers} if launched() else {}   # under torchrun: this rank's device
-    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., 'channels_last': True, 'bn': 'auto', 'act': 'relu', **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD, no crop; the layout and the batch norm kernel only change speed
+    saved = argparse.Namespace(**{'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., 'channels_last': True, 'bn': 'auto', 'act': 'relu', **log['args'], **here, 'out': d, 'resume': d})  # older runs: SGD, no crop, ReLU; the layout and the batch norm kernel only change speed
     print(f"resuming the run in {d} at epoch {log['completed_epochs']} of {saved.epochs}, with its arguments")
     return saved, log
 
