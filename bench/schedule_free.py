@@ -1,7 +1,7 @@
 """Schedule-Free SGD and AdamW (nbs/06a_schedule_free) against one-cycle training on Imagenette-160 (issue 13).
 
     python bench/schedule_free.py chapter [--seeds 0 1 2]   # simple_cnn 64px, bs 128, 8 epochs: SGD one-cycle vs SGD-SF
-    python bench/schedule_free.py train [--seeds 0 1 2]     # the minifastai-train defaults: Adam one-cycle vs AdamW-SF
+    python bench/schedule_free.py train [--seeds 0 1 2]     # the 5-epoch recipe of the 09 peer: Adam one-cycle vs AdamW-SF
     python bench/schedule_free.py anytime [--plot f.png]    # one SF run's accuracy after every epoch vs one-cycle runs
                                                             # told each budget in advance (chapter recipe, seed 0)
     python bench/schedule_free.py sweep --recipe chapter --lrs 0.5 1 2   # the SF learning rate, on a seed not reported
