@@ -288,6 +288,7 @@ class SEModule(Module):
     "Squeeze-and-excitation: each channel of `x` times a gate in (0, 1) computed from the means of all its channels"
     def __init__(self, ch, reduction=16, act=True):
         super().__init__()
+        if ch < reduction: raise ValueError(f'SEModule: ch={ch} channels cannot be reduced {reduction} times')
         nh = math.ceil(ch // reduction / 8) * 8
         self.squeeze = ConvLayer(ch, nh, ks=1, bias=True, act=act)
         self.excite = ConvLayer(nh, ch, ks=1, bias=True, act=False)

@@ -47,8 +47,8 @@ class Optimizer:
 class Adam(Optimizer):
     "Adam with decoupled weight decay (AdamW): steps along the debiased average of the gradients over the root of that of their squares"
     states = ('ms', 'vs')   # the averages of the gradients and of their squares
-    def __init__(self, params, lr, wd=0., mom=0.9, sqr_mom=0.99, eps=1e-5, **settings):
-        super().__init__(params, lr=lr, wd=wd, mom=mom, sqr_mom=sqr_mom, eps=eps, t=0, **settings)   # t: steps taken
+    def __init__(self, params, lr, wd=0., mom=0.9, sqr_mom=0.99, eps=1e-5):
+        super().__init__(params, lr=lr, wd=wd, mom=mom, sqr_mom=sqr_mom, eps=eps, t=0)   # t: steps taken
 
     @torch.no_grad()
     def step(self):
@@ -96,7 +96,7 @@ class Ranger(RAdam):
     "RAdam inside Lookahead: every `k` steps the slow weights move `alpha` of the way to the weights, which restart from them"
     states = ('ms', 'vs', 'slow')
     def __init__(self, params, lr, wd=0., mom=0.9, sqr_mom=0.99, eps=1e-5, k=6, alpha=0.5):
-        super().__init__(params, lr, wd=wd, mom=mom, sqr_mom=sqr_mom, eps=eps, k=k, alpha=alpha)
+        Optimizer.__init__(self, params, lr=lr, wd=wd, mom=mom, sqr_mom=sqr_mom, eps=eps, t=0, k=k, alpha=alpha)
 
     @torch.no_grad()
     def step(self):

@@ -355,13 +355,15 @@ def get_parser():
       'momentum cycled the other way), or flat-cos (--lr for 75%% of training, then a cosine down to 0, momentum left alone) '
       '(default: flat-cos with ranger, one-cycle with adam, sgd and radam; schedule-free optimizers take none)')
     a('--lr', type=_lr, default=None, help="peak learning rate of the schedule (the learning rate of a schedule-free "
-      "optimizer), or 'find' (default: 0.03 with ranger, 0.003 with adam, radam and sf-adam, 0.2 with sgd, 1.0 with sf-sgd)")
+      "optimizer), or 'find' (default: 0.03 with ranger, measured on the default network and size: the GPU recipes take 8e-3 "
+      "to 1e-2 with bigger networks; 0.003 with adam, radam and sf-adam, 0.2 with sgd, 1.0 with sf-sgd)")
     a('--bs', type=pos(int), default=128, help='batch size; under torchrun, of all processes together (default: %(default)s)')
     a('--workers', type=nonneg(int), default=max(1, os.cpu_count() // int(os.environ.get('LOCAL_WORLD_SIZE', 1))),
       help="decoding processes; 0: decode in this process (default: all cores, shared by torchrun's processes)")
     a('--mixup', type=nonneg(float), default=0., metavar='ALPHA', help='Mixup with Beta(ALPHA, ALPHA); 0: off (default)')
     a('--ls', type=nonneg(float, hi=1), default=0.1, help='label smoothing, from 0 to below 1 (default: %(default)s)')
-    a('--wd', type=nonneg(float), default=None, help='weight decay (default: 0.01 with adam, where it is decoupled; 5e-4 with sgd)')
+    a('--wd', type=nonneg(float), default=None, help='weight decay (default: 0.01 with ranger, adam, radam and sf-adam, where it is '
+      'decoupled; 5e-4 with sgd and sf-sgd)')
     a('--mom', type=nonneg(float, hi=1), default=0.9, help="momentum (Adam's and RAdam's first beta; one-cycle cycles it 0.95-0.85-0.95 when > 0; "
       "for a schedule-free optimizer its interpolation beta, above 0; default: %(default)s)")
     a('--min-scale', type=pos(float, hi=1, hi_inclusive=True), default=0.5, help='smallest area of a random crop, as a fraction of the image (default: %(default)s)')
@@ -391,7 +393,7 @@ def _check(p, args):
         if getattr(args, k) is None: setattr(args, k, v)
     if schedule_free(args.opt):
         if args.sched is not None: p.error(f'--opt {args.opt} is schedule-free: it takes no --sched')
-        if args.lr == 'find': p.error(f'--lr find sweeps a one-cycle learning rate: give --opt {args.opt} a number')
+        if args.lr == 'find': p.error(f'--lr find picks the peak of a schedule: give --opt {args.opt} a number')
         if args.mom == 0: p.error(f'--mom must be above 0 with --opt {args.opt} (its interpolation beta)')
     if args.device is not None:
         try: dev = torch.device(args.device)
