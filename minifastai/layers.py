@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['activate', 'ConvLayer', 'Linear', 'Sequential', 'AdaptivePool', 'MaxPool', 'simple_cnn', 'BatchNormFunction',
-           'BatchNorm', 'OpCounter', 'set_bn_kernel', 'ResBlock', 'resnet18', 'resnet_small', 'AvgPool', 'Bottleneck',
-           'xresnet50', 'SEModule', 'SEResNeXtBlock', 'mininet']
+           'BatchNorm', 'OpCounter', 'set_bn_kernel', 'ResBlock', 'resnet18', 'resnet_small', 'AvgPool', 'XBlock',
+           'Bottleneck', 'xstem', 'xresnet50', 'SEModule', 'SEResNeXtBlock', 'mininet']
 
 # %% ../nbs/02_layers.ipynb #79bda0a6
 import math
@@ -253,16 +253,12 @@ class AvgPool(Module):
     def forward(self, x): return F.avg_pool2d(x, self.ks, ceil_mode=True)
     def extra_repr(self): return f'ks={self.ks}'
 
-class Bottleneck(Module):
-    "ResNet-50's block, xresnet's way: 1x1 conv to `nh` channels, 3x3 (with the stride), 1x1 to `4*nh`; shortcut pooled, then 1x1"
-    expansion = 4
-    def __init__(self, ni, nh, stride=1, act=True):
+class XBlock(Module):
+    "An xresnet block: `act(convs(x) + shortcut(x))`, the shortcut average-pooled if `stride` > 1, then a 1x1 conv if the channels change"
+    def __init__(self, convs, ni, nf, stride, act, zero_bn):
         super().__init__()
-        nf, self.act = nh * self.expansion, act
-        self.convs = Sequential(ConvLayer(ni, nh, bias=False, ks=1, bn=True, act=act),
-                                ConvLayer(nh, nh, stride, bias=False, bn=True, act=act),
-                                ConvLayer(nh, nf, bias=False, act=False, ks=1, bn=True))
-        nn.init.zeros_(self.convs[-1].bn.w)
+        self.convs, self.act = convs, act
+        nn.init.zeros_(zero_bn.w)          # the main path's last batch norm: a fresh block is its shortcut
         self.pool = AvgPool() if stride != 1 else None
         self.idconv = ConvLayer(ni, nf, bias=False, act=False, ks=1, bn=True) if ni != nf else None
 
@@ -272,16 +268,28 @@ class Bottleneck(Module):
         res += x if self.idconv is None else self.idconv(x)
         return activate(res, self.act)
 
+class Bottleneck(XBlock):
+    "ResNet-50's block, xresnet's way: 1x1 conv to `nh` channels, 3x3 (with the stride), 1x1 to `4*nh`; shortcut pooled, then 1x1"
+    expansion = 4
+    def __init__(self, ni, nh, stride=1, act=True):
+        nf = nh * self.expansion
+        convs = Sequential(ConvLayer(ni, nh, bias=False, ks=1, bn=True, act=act),
+                           ConvLayer(nh, nh, stride, bias=False, bn=True, act=act),
+                           ConvLayer(nh, nf, bias=False, act=False, ks=1, bn=True))
+        super().__init__(convs, ni, nf, stride, act, zero_bn=convs[-1].bn)
+
+def xstem(act=True):
+    "xresnet's stem: three 3x3 conv+batchnorm layers (32, 32, 64 channels, the first with stride 2), then a max pool"
+    return [ConvLayer(3, 32, stride=2, bias=False, bn=True, act=act), ConvLayer(32, 32, bias=False, bn=True, act=act),
+            ConvLayer(32, 64, bias=False, bn=True, act=act), MaxPool()]
+
 def xresnet50(n_out=1000, act=True):
     "ResNet-50 with the 'bag of tricks' changes: a stem of three 3x3 convs, and downsampling by average pooling; `act`: the activation (ReLU if True)"
     stages, ni, layers = [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], 64, []
     for nh, n, stride in stages:
         layers += [Bottleneck(ni, nh, stride, act)] + [Bottleneck(nh * 4, nh, act=act) for _ in range(n - 1)]
         ni = nh * 4
-    return Sequential(
-        ConvLayer(3, 32, stride=2, bias=False, bn=True, act=act), ConvLayer(32, 32, bias=False, bn=True, act=act),
-        ConvLayer(32, 64, bias=False, bn=True, act=act), MaxPool(),
-        *layers, AdaptivePool(), Linear(2048, n_out))
+    return Sequential(*xstem(act), *layers, AdaptivePool(), Linear(2048, n_out))
 
 # %% ../nbs/02_layers.ipynb #be64164a
 class SEModule(Module):
@@ -296,30 +304,19 @@ class SEModule(Module):
     def forward(self, x): return x * torch.sigmoid(self.excite(self.squeeze(x.mean((2, 3), keepdim=True))))
 
 # %% ../nbs/02_layers.ipynb #98db2dd5
-class SEResNeXtBlock(Module):
+class SEResNeXtBlock(XBlock):
     "ResNeXt block with expansion 1 and squeeze-and-excitation: grouped 3x3 conv (with the stride), dense 3x3 to `nf`, `SEModule`; shortcut pooled, then 1x1"
     def __init__(self, ni, nf, stride=1, groups=32, reduction=16, base_width=4, act=True):
-        super().__init__()
-        w, self.act = math.floor(nf * base_width / 64) * groups, act
-        self.convs = Sequential(ConvLayer(ni, w, stride, bias=False, bn=True, act=act, groups=groups),
-                                ConvLayer(w, nf, bias=False, act=False, bn=True),
-                                SEModule(nf, reduction, act))
-        nn.init.zeros_(self.convs[1].bn.w)
-        self.pool = AvgPool() if stride != 1 else None
-        self.idconv = ConvLayer(ni, nf, bias=False, act=False, ks=1, bn=True) if ni != nf else None
-
-    def forward(self, x):
-        res = self.convs(x)
-        if self.pool is not None: x = self.pool(x)
-        res += x if self.idconv is None else self.idconv(x)
-        return activate(res, self.act)
+        w = math.floor(nf * base_width / 64) * groups
+        convs = Sequential(ConvLayer(ni, w, stride, bias=False, bn=True, act=act, groups=groups),
+                           ConvLayer(w, nf, bias=False, act=False, bn=True),
+                           SEModule(nf, reduction, act))
+        super().__init__(convs, ni, nf, stride, act, zero_bn=convs[1].bn)
 
 # %% ../nbs/02_layers.ipynb #d335a15f
 def mininet(n_out=1000, act=True, groups=64, reduction=8):
     "The Imagenette leaderboard's 5-epoch network (128px): xresnet's stem, one `SEResNeXtBlock` per stage; `act`: the activation (ReLU if True)"
     stages = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
     return Sequential(
-        ConvLayer(3, 32, stride=2, bias=False, bn=True, act=act), ConvLayer(32, 32, bias=False, bn=True, act=act),
-        ConvLayer(32, 64, bias=False, bn=True, act=act), MaxPool(),
-        *[SEResNeXtBlock(ni, nf, stride, groups, reduction, act=act) for ni, nf, stride in stages],
+        *xstem(act), *[SEResNeXtBlock(ni, nf, stride, groups, reduction, act=act) for ni, nf, stride in stages],
         AdaptivePool(), Linear(512, n_out))
