@@ -61,9 +61,9 @@ def main(args):
         return not errs
     with ThreadPoolExecutor(1 if mode == 'store' else 2) as ex: ok = list(ex.map(one, paths))
     print(f"kernel: {sum(ok)} passed, {len(ok) - sum(ok)} failed")
-    if mode == 'store' and all(ok):
+    if mode == 'store' and all(ok):  # clean only what was stored: other notebooks may be open in an editor
         import subprocess
-        subprocess.run(['nbdev_clean'], cwd=root, check=True)
+        for p in paths: subprocess.run(['nbdev_clean', '--fname', str(p)], cwd=root, check=True)
     sys.exit(0 if all(ok) else 1)
 
 if __name__ == '__main__': main(sys.argv[1:])
