@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['Smoother', 'smooth', 'LRFinder', 'sched_lin', 'sched_cos', 'one_cycle_value', 'OneCycle', 'flat_cos']
 
-# %% ../nbs/05_schedulers.ipynb #7dff97cf
+# %% ../nbs/05_schedulers.ipynb #005ae966
 import math
 import torch
 from fastcore.basics import store_attr, patch, listify
 from .learner import Learner, Callback, CancelFitException, CancelEpochException
 
-# %% ../nbs/05_schedulers.ipynb #59f2c3f4
+# %% ../nbs/05_schedulers.ipynb #420eb0a9
 class Smoother:
     "Debiased exponential moving average (as Adam keeps its moments): `add(x)` returns the average so far"
     def __init__(self, beta=0.9): self.beta, self.avg, self.n = beta, 0., 0
@@ -25,7 +25,7 @@ def smooth(xs, beta=0.9):
     s = Smoother(beta)
     return [s.add(x) for x in xs]
 
-# %% ../nbs/05_schedulers.ipynb #6f6a1da7
+# %% ../nbs/05_schedulers.ipynb #006a7ab5
 class LRFinder(Callback):
     "LR range test: lr from `start_lr`, x`mult` per training batch, until lr > `max_lr`, a NaN, or `div` x the best loss"
     run_preds = False  # a training-run callback: `get_preds`/`validate` leave it out
@@ -56,7 +56,7 @@ class LRFinder(Callback):
     def after_fit(self):
         if 'saved' in self.__dict__: self.learner.restore(self.saved)   # unless `before_fit` did not get there
 
-# %% ../nbs/05_schedulers.ipynb #1bcfeb9f
+# %% ../nbs/05_schedulers.ipynb #8e099994
 @patch(as_prop=True)
 def lr_min(self:LRFinder):
     "The learning rate at the minimum of the smoothed loss"
@@ -67,7 +67,7 @@ def suggestion(self:LRFinder):
     "The suggested learning rate: `lr_min / 10`"
     return self.lr_min / 10
 
-# %% ../nbs/05_schedulers.ipynb #853bdc69
+# %% ../nbs/05_schedulers.ipynb #cb74bc34
 @patch
 def plot(self:LRFinder, ax=None):
     "Smoothed loss against learning rate on a log axis, with the suggestion marked (the explosion is cut at 2x the first loss)"
@@ -93,7 +93,7 @@ def lr_find(self:Learner, start_lr=1e-6, max_lr=10, plot=True, **kwargs):
     self.lr_finder = finder
     return finder.suggestion
 
-# %% ../nbs/05_schedulers.ipynb #8095568b
+# %% ../nbs/05_schedulers.ipynb #7a58ee97
 def sched_lin(start, end, pct):
     "Linear annealing from `start` (pct=0) to `end` (pct=1)"
     return start + (end - start) * pct
@@ -107,7 +107,7 @@ def one_cycle_value(pct, start, peak, end, pct_start=0.25, anneal=sched_lin):
     if pct < pct_start: return anneal(start, peak, pct / pct_start)
     return anneal(peak, end, (pct - pct_start) / (1 - pct_start))
 
-# %% ../nbs/05_schedulers.ipynb #842ad707
+# %% ../nbs/05_schedulers.ipynb #bd98960d
 def _has_mom(opt): return bool(getattr(opt, 'mom', 0))
 
 class OneCycle(Callback):
@@ -131,7 +131,7 @@ class OneCycle(Callback):
 
     def _at(self, pct, start, peak, end): return one_cycle_value(pct, start, peak, end, self.pct_start, self.anneal)
 
-# %% ../nbs/05_schedulers.ipynb #0ebd9886
+# %% ../nbs/05_schedulers.ipynb #8807b420
 @patch
 def plot(self:OneCycle, figsize=(8, 3)):
     "The learning rates (and momentums) set during the last fit, per training batch"
@@ -148,7 +148,7 @@ def fit_one_cycle(self:Learner, n_epochs, lr_max=None, cbs=None, **kwargs):
     "Train `n_epochs` with a `OneCycle(lr_max, **kwargs)` schedule (`lr_max` defaults to `self.lr`)"
     self.fit(n_epochs, cbs=listify(cbs) + [OneCycle(self.lr if lr_max is None else lr_max, **kwargs)])
 
-# %% ../nbs/05_schedulers.ipynb #fb5a0f64
+# %% ../nbs/05_schedulers.ipynb #d1aab6a3
 def flat_cos(lr, pct_start=0.75):
     "A `OneCycle` that holds `lr` for the first `pct_start` of training, then anneals it to 0 along a cosine; momentum left alone"
     return OneCycle(lr, pct_start=pct_start, div_start=1, cosine=True, moms=None)
