@@ -2,6 +2,8 @@
 
     python .ci/notebooks.py check [NB ...]   run every cell but the `#| slow` ones; fail on any error cell
     python .ci/notebooks.py store [NB ...]   run every cell (slow ones too) and store the outputs in the notebook
+    python .ci/notebooks.py lint [NB ...]    the book's layout rules: no markdown cell over 30 lines, no code cell
+                                             over 60, no stored image over 100 KB
 
 `nbdev_test` is not a kernel: there, output is captured differently, `in_notebook()` is false and the
 `#| cuda`/`#| slow` flags skip cells. A notebook can pass it and still stop a reader's Run All, so CI runs
@@ -49,10 +51,30 @@ def run(path, store=False, timeout=1800):
         nbformat.write(nb, path)
     return time.time() - t0, errors
 
+MAX_LINES, MAX_IMAGE = {'markdown': 30, 'code': 60}, 100_000
+
+def lint(path):
+    "The cells of notebook `path` that break the layout rules, as messages"
+    nb, bad = nbformat.read(path, as_version=4), []
+    for i, c in enumerate(nb.cells):
+        n = len(c.source.split('\n'))
+        if n > MAX_LINES.get(c.cell_type, n): bad.append(f'cell {i}: {n} lines of {c.cell_type} (at most {MAX_LINES[c.cell_type]})')
+        for o in c.get('outputs', []):
+            for kind, data in o.get('data', {}).items():
+                if kind.startswith('image/') and len(data) * 3 // 4 > MAX_IMAGE:
+                    bad.append(f'cell {i}: a {kind} output of {len(data) * 3 // 4 // 1000} KB (at most {MAX_IMAGE // 1000})')
+    return bad
+
 def main(args):
-    mode, names = args[0], args[1:]
-    if mode not in ('check', 'store'): sys.exit(__doc__)
+    mode, names = (args or [''])[0], args[1:]
+    if mode not in ('check', 'store', 'lint'): sys.exit(__doc__)
     paths = [Path(n).resolve() for n in names] or sorted((root/'nbs').glob('[0-9]*.ipynb'))
+    if mode == 'lint':
+        bad = {p.name: lint(p) for p in paths}
+        for name, msgs in bad.items():
+            for m in msgs: print(f'{name}: {m}')
+        print(f"lint: {sum(not m for m in bad.values())} passed, {sum(bool(m) for m in bad.values())} failed")
+        sys.exit(1 if any(bad.values()) else 0)
     def one(p):
         try: s, errs = run(p, store=mode == 'store')
         except Exception as e: s, errs = 0., [(-1, f'{type(e).__name__}: {e}')]   # a dead kernel, a cell past its time-out
