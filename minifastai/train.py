@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from .data import URLs, untar_data, get_image_files, parent_label, Dataset, DataLoader, DataLoaders, \
     atomic_write, default_device, remove_leftovers
+from .xse_resnext import xse_resnext50
 from .layers import simple_cnn, resnet_small, resnet18, xresnet50, mininet, set_bn_kernel
 from .loss import cross_entropy
 from .learner import Learner, Callback, SGD, SetupLearnerCB, Recorder, ProgressCB, FiniteCheckCB, \
@@ -86,7 +87,8 @@ def load_data(args, device, decode=decode_cache):
     return dls, len(v2i)
 
 # %% ../nbs/09_train.ipynb #03dad0a6
-ARCHS = {'simple_cnn': simple_cnn, 'resnet_small': resnet_small, 'resnet18': resnet18, 'xresnet50': xresnet50, 'mininet': mininet}
+ARCHS = {'simple_cnn': simple_cnn, 'resnet_small': resnet_small, 'resnet18': resnet18, 'xresnet50': xresnet50, 'mininet': mininet,
+         'xse_resnext50': xse_resnext50}
 OPTS = {'adam': Adam, 'sgd': SGD, 'radam': RAdam, 'ranger': Ranger, 'sf-adam': AdamWScheduleFree, 'sf-sgd': SGDScheduleFree}
 OPT_DEFAULTS = {'adam': dict(lr=3e-3, wd=0.01, sched='one-cycle'), 'sgd': dict(lr=0.2, wd=5e-4, sched='one-cycle'),
                 'radam': dict(lr=3e-3, wd=0.01, sched='one-cycle'), 'ranger': dict(lr=3e-2, wd=0.01, sched='flat-cos'),
