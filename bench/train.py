@@ -1,6 +1,7 @@
 """Training benchmarks for minifastai-train (issue 6): wall time from raw JPEGs to the final valid accuracy.
 
     python bench/train.py cpu      # (a) the chapter's recipe, fast path vs plain path; (b) the 5-epoch and the default recipes
+    python bench/train.py default [--peer-python PY] [--seeds 0 1 2]   # the command's defaults against fastai's 5-epoch recipe
     python bench/train.py repro    # (d) two runs with the same seed give the same metrics
     python bench/train.py gpu --archive path/to/imagenette2-160.tgz [--budget S]   # (c) 128px, 5 epochs, vs plain PyTorch
     python bench/train.py gpu --smoke    # (c) on the CPU, on 16+8 images per class: checks this script
@@ -36,24 +37,32 @@ virtualenv of its own, made with the regular wheel:
     python -m venv /tmp/fastai-venv && /tmp/fastai-venv/bin/pip --isolated install torch==2.13.0 torchvision==0.28.0 fastai==2.8.12
     python bench/train.py peer --peer-python /tmp/fastai-venv/bin/python
 Without fastai there, the row is skipped with a line saying so.
+
+`default` runs fastai's 5-epoch recipe (for each of `--peer-seeds`, default 0), then minifastai-train with its
+defaults for each of `--seeds`, in the same run, and prints each row's GFLOP (training and validation passes,
+by torch's FLOP counter) and the GFLOPS it reached in training against the sgemm roof measured in the same
+run, then the mean accuracy and the ratios of total wall time and of CPU time (the process and its workers:
+other load on the machine inflates it less than wall time) to fastai's.
 """
 import argparse, json, math, os, resource, subprocess, sys, tempfile, time
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
 from minifastai.train import main
 from minifastai.data import extract_archive
 
-CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, opt='sgd', lr=0.1, bs=128, mom=0.9, wd=0, ls=0)  # + momentum (cycled)
+CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, opt='sgd', lr=0.1, bs=128, mom=0.9, wd=0, ls=0,  # + momentum (cycled)
+               **{'resize-from': 64, 'valid-subset': 1})   # every epoch at 64px, validated on every image
 CPU_RECIPES = {  # name: (arguments of minifastai-train, extra flags)
     '(a) chapter recipe, fast path': (CHAPTER | {'min-scale': 1.0}, []),
     '(a) chapter recipe, plain path': (CHAPTER, ['--no-fast']),
-    '(b) the 5-epoch recipe (fastai peer\'s)': (dict(arch='resnet_small', size=56, epochs=5, opt='adam', lr=3e-3, wd=0.01, **{'min-scale': 0.5}), []),
+    '(b) the 5-epoch recipe (fastai peer\'s)': (dict(arch='resnet_small', size=56, epochs=5, opt='adam', lr=3e-3, wd=0.01,
+                                                    **{'min-scale': 0.5, 'resize-from': 56, 'valid-subset': 1}), []),
     '(b) the default recipe': ({}, []),
 }
 PEER_RECIPE = CPU_RECIPES["(b) the 5-epoch recipe (fastai peer's)"][0]   # what `peer` trains on both sides
-GPU = {'size': 128, 'epochs': 5, 'ls': 0.1, 'min-scale': 0.35, 'device': 'cuda'}
+GPU = {'size': 128, 'epochs': 5, 'ls': 0.1, 'min-scale': 0.35, 'device': 'cuda', 'resize-from': 128, 'valid-subset': 1}
 # An earlier 5-epoch entry of the Imagenette leaderboard at 128px (85.77%, 5-run mean; github.com/pete88b/data-science,
 # fastai-things/train-imagenette-mininet.ipynb): a small SE-ResNeXt with Mish (02's `mininet`), Ranger at 1e-2 with
 # wd 1e-4 and bs 64 on a flat-then-cosine schedule, label smoothing, and whole images resized to 128px with flips
@@ -95,23 +104,100 @@ def train(args, flags=(), data=None, fresh=False):
 def row(name, m):
     t = m['time']
     return [name, len(m['epochs']), t['data_s'], t['fit_s'], m['epochs'][-1]['time'], t['total_s'],
-            m.get('cpu_s', float('nan')), m['epochs'][-1]['accuracy']]
+            m.get('cpu_s', float('nan')), m['epochs'][-1]['accuracy'], m.get('gflop', float('nan'))]
 
-def table(rows, ref=None, compared=None):
-    "Print `rows`; with `ref` (a row), the total time of the `compared` rows (default: all others) as a ratio to `ref`'s."
-    print(f"\n{'recipe':<50} {'epochs':>6} {'decode s':>9} {'train s':>8} {'epoch s':>8} {'total s':>8} {'CPU s':>7} {'valid acc':>9}")
+@lru_cache(None)
+def image_gflop(arch, size, train, act='relu'):
+    "GFLOP per image of `arch` at `size`px: forward and backward (`train`) or forward alone, by torch's FLOP counter"
+    from torch.utils.flop_counter import FlopCounterMode
+    from minifastai.train import ARCHS, ACTS
+    model, x = ARCHS[arch](10, act=ACTS[act]), torch.randn(2, 3, size, size)
+    with FlopCounterMode(display=False) as fc:
+        if train: model(x).sum().backward()
+        else:
+            model.eval()
+            with torch.no_grad(): model(x)
+    return fc.get_total_flops() / 2 / 1e9
+
+def run_gflop(args, sizes, n_train, n_valid, n_validations=None):
+    "The GFLOP of a run of `args` that trained an epoch at each of `sizes` on `n_train` images (dropping the last partial batch) and validated `n_validations` times (default: each epoch) on `n_valid` at `args['size']`"
+    arch, act, bs = args.get('arch', 'resnet_small'), args.get('act', 'relu'), args.get('bs', 128)
+    train = sum(n_train // bs * bs * image_gflop(arch, s, True, act) for s in sizes)
+    return train + (len(sizes) if n_validations is None else n_validations) * n_valid * image_gflop(arch, args['size'], False, act)
+
+def sgemm_gflops(n=2048, secs=2.0):
+    "GFLOPS of torch's float32 n x n matrix product on this CPU, with torch's threads: the roof a training step is held to"
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < secs: a @ b; k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
+
+def n_images():
+    "The number of training and validation images of Imagenette-160"
+    from minifastai.data import untar_data, URLs, get_image_files
+    path = untar_data(URLs.IMAGENETTE_160)
+    return len(get_image_files(path/'train')), len(get_image_files(path/'val'))
+
+def with_gflop(m, counts):
+    "metrics.json `m` with its run's GFLOP (`counts`: the numbers of training and validation images)"
+    from minifastai.train import progressive_sizes
+    a = m['args']
+    fast, n = a.get('fast', True), len(m['epochs'])
+    sizes = progressive_sizes(n, a['size'], a.get('resize_from') or a['size']) if fast else [a['size']] * n
+    k = max(1, round(1 / a.get('valid_subset', 1.))) if fast else 1
+    return m | {'gflop': run_gflop(a, sizes, *counts, n_validations=(n - 1) * len(range(0, counts[1], k)) / counts[1] + 1)}
+
+def table(rows, ref=None, compared=None, roof=None):
+    "Print `rows`; with `ref` (a row), the total time of the `compared` rows (default: all others) as a ratio to `ref`'s; with `roof` (GFLOPS), each row's GFLOPS during training against it"
+    print(f"\n{'recipe':<50} {'epochs':>6} {'decode s':>9} {'train s':>8} {'epoch s':>8} {'total s':>8} {'CPU s':>7} {'valid acc':>9}"
+          f" {'GFLOP':>7} {'GFLOPS':>6}" + (f" {'of roof':>7}" if roof else ''))
     for r in rows:
-        shown = ref is not None and r is not ref and (compared is None or any(r is c for c in compared))
-        ratio = f'  {ref[5] / r[5]:.2f}x faster than {ref[0]}' if shown else ''
-        print(f'{r[0]:<50} {r[1]:>6} {r[2]:>9.1f} {r[3]:>8.1f} {r[4]:>8.2f} {r[5]:>8.1f} {r[6]:>7.1f} {r[7]:>9.4f}{ratio}')
+        r = list(r) + [float('nan')] * (9 - len(r))   # rows without a FLOP count (the plain PyTorch peer)
+        shown = ref is not None and r[0] != ref[0] and (compared is None or any(r[0] == c[0] for c in compared))
+        ratio = f'  {r[5] / ref[5]:.2f}x the time of {ref[0]}' if shown else ''
+        gflops = r[8] / r[3]
+        print(f'{r[0]:<50} {r[1]:>6} {r[2]:>9.1f} {r[3]:>8.1f} {r[4]:>8.2f} {r[5]:>8.1f} {r[6]:>7.1f} {r[7]:>9.4f}'
+              f' {r[8]:>7.0f} {gflops:>6.1f}' + (f' {gflops / roof:>7.0%}' if roof else '') + ratio)
 
 def cpu():
-    rows = [row(name, train(a, f)) for name, (a, f) in CPU_RECIPES.items()]
-    print(f'\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads')
-    table(rows, ref=rows[1], compared=rows[:1])
-    print(f'(b) the default within 3 minutes: {rows[3][5] <= 180}; (a) within 50 s: {rows[0][5] <= 50}')
-    print("(the chapter's own code on these machines: 155.7 s, 0.463; CPU s = CPU time of the process and its\n"
-          " decoding workers, which other load on the machine inflates less than wall time)")
+    "The chapter's recipe on the fast and the plain path, the 5-epoch recipe and the default, with their GFLOP against the sgemm roof"
+    roof, counts = sgemm_gflops(), n_images()
+    rows = [row(name, with_gflop(train(a, f), counts)) for name, (a, f) in CPU_RECIPES.items()]
+    print(f'\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; '
+          f'sgemm (2048x2048 float32) {roof:.1f} GFLOPS, measured in this run')
+    table(rows, ref=rows[1], compared=rows[:1], roof=roof)
+    print("CPU s = CPU time of the process and its decoding workers, which other load on the machine inflates less than\n"
+          "wall time; GFLOP = the training and validation passes, by torch's FLOP counter; GFLOPS = GFLOP / train s")
+
+def default(py, seeds, peer_seeds=(0,)):
+    "The default recipe for each of `seeds` against fastai's 5-epoch recipe (for each of `peer_seeds`), in the same run"
+    from minifastai.data import untar_data, URLs
+    roof, counts, path = sgemm_gflops(), n_images(), untar_data(URLs.IMAGENETTE_160)
+    peer = [f for s in peer_seeds if (f := _fastai_run(py, path, s)) is not None]
+    for s, f in zip(peer_seeds, peer): print(f'fastai 5-epoch recipe, seed {s}: {f}', flush=True)
+    ours = []
+    for s in seeds:
+        ours.append(with_gflop(train({'seed': s}), counts))
+        print(f"minifastai-train seed {s}: valid acc {ours[-1]['epochs'][-1]['accuracy']:.4f}, {ours[-1]['time']['total_s']:.1f} s", flush=True)
+    print(f'\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; '
+          f'sgemm (2048x2048 float32) {roof:.1f} GFLOPS, measured in this run')
+    rows = [row(f'minifastai-train (defaults), seed {s}', m) for s, m in zip(seeds, ours)]
+    if peer:
+        fg = run_gflop(PEER_RECIPE | {'bs': 128}, [PEER_RECIPE['size']] * PEER_RECIPE['epochs'], *counts)
+        rows += [[f'fastai 2.8, its 5-epoch recipe, seed {s}', 5, float('nan'), f['fit_s'], float('nan'), f['total_s'],
+                  f.get('cpu_s', float('nan')), f['acc'], fg] for s, f in zip(peer_seeds, peer)]
+    table(rows, ref=rows[-1] if peer else None, compared=rows[:len(seeds)], roof=roof)
+    acc, sd = _stats([m['epochs'][-1]['accuracy'] for m in ours])
+    t = _stats([m['time']['total_s'] for m in ours])[0]
+    line = f'the default: mean valid accuracy {acc:.4f} (sd {sd:.4f}, {len(seeds)} seeds), mean total {t:.1f} s'
+    if peer:
+        tp = _stats([f['total_s'] for f in peer])[0]
+        line += f", {t / tp:.2f}x the total time of fastai's 5-epoch recipe ({tp:.1f} s, {len(peer)} run(s))"
+        c, cp = _stats([m['cpu_s'] for m in ours])[0], _stats([f.get('cpu_s', float('nan')) for f in peer])[0]
+        line += f'; CPU time {c / cp:.2f}x'
+    print(line)
+    if not peer: print(f'fastai rows skipped: fastai is not importable by {py} (see this script\'s docstring for the peer virtualenv)')
 
 def repro():
     a = dict(CHAPTER, epochs=2)
@@ -264,7 +350,9 @@ dls = ImageDataLoaders.from_folder(path, train='train', valid='val', bs=128, num
 learn = Learner(dls, resnet_small(), loss_func=LabelSmoothingCrossEntropy(0.1), opt_func=Adam, wd=0.01, metrics=accuracy)
 t0 = time.time()
 with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 3e-3)
-print(json.dumps({'acc': float(learn.recorder.values[-1][2]), 'fit_s': time.time() - t0, 'total_s': time.time() - t_start}))
+import resource
+cpu_s = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({'acc': float(learn.recorder.values[-1][2]), 'fit_s': time.time() - t0, 'total_s': time.time() - t_start, 'cpu_s': cpu_s}))
 """
 
 def _fastai_run(py, path, seed):
@@ -326,10 +414,11 @@ def quality(seeds):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('what', choices=['cpu', 'repro', 'gpu', 'peer', 'quality', '_torch_peer'], nargs='+')
+    p.add_argument('what', choices=['cpu', 'default', 'repro', 'gpu', 'peer', 'quality', '_torch_peer'], nargs='+')
     p.add_argument('--peer-args', help=argparse.SUPPRESS)   # _torch_peer: [path, epochs, keyword arguments] as JSON
     p.add_argument('--peer-python', default=sys.executable, help='peer: a Python that can import fastai')
-    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='peer, quality: the seeds')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='default, peer, quality: the seeds')
+    p.add_argument('--peer-seeds', type=int, nargs='+', default=[0], help="default: the seeds of fastai's runs")
     p.add_argument('--archive', default='data/imagenette2-160.tgz', help='gpu: imagenette2-160.tgz (or -128)')
     p.add_argument('--budget', type=float, default=None, help='gpu: start no recipe after this many seconds (the peer still runs)')
     p.add_argument('--smoke', action='store_true', help='gpu: run on the CPU, on a few images, to check the script')
@@ -337,6 +426,7 @@ if __name__ == '__main__':
     for w in a.what:
         if w == 'gpu': gpu(a.archive, a.smoke, a.budget)
         elif w == 'peer': fastai_peer(a.peer_python, a.seeds)
+        elif w == 'default': default(a.peer_python, a.seeds, a.peer_seeds)
         elif w == 'quality': quality(a.seeds)
         elif w == '_torch_peer':
             path, epochs, kw = json.loads(a.peer_args)

@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['ARCHS', 'OPTS', 'OPT_DEFAULTS', 'SCHEDS', 'BN_KERNELS', 'ACTS', 'OLD_RUN_ARGS', 'TrainError', 'get_data',
            'split_files', 'plain_dls', 'load_data', 'schedule_free', 'make_model', 'opt_hypers', 'opt_func',
-           'make_learner', 'make_sched', 'find_lr', 'log_recorder', 'save_plots', 'EpochSeed', 'write_run', 'save_run',
-           'BackgroundWriter', 'saved_log', 'RunLog', 'claimed', 'Interrupted', 'sigterm_interrupts', 'fit_run', 'run',
-           'get_parser', 'main']
+           'make_learner', 'make_sched', 'find_lr', 'progressive_sizes', 'ProgressiveResize', 'ValidSubset',
+           'speed_cbs', 'log_recorder', 'save_plots', 'EpochSeed', 'write_run', 'save_run', 'BackgroundWriter',
+           'saved_log', 'RunLog', 'claimed', 'Interrupted', 'sigterm_interrupts', 'fit_run', 'run', 'get_parser',
+           'main']
 
 # %% ../nbs/09_train.ipynb #222dccea
 import argparse, contextlib, fcntl, inspect, json, math, os, signal, socket, sys, threading, time
@@ -145,6 +146,41 @@ def find_lr(learn, out):
     print(f'LR finder suggests lr={lr:.3g} (plot: {out/"lr_find.png"})')
     return lr
 
+# %% ../nbs/09_train.ipynb #4e764caf
+def progressive_sizes(n_epochs, size, start=32, step=16):
+    "The training size of each of `n_epochs` epochs: from `start` up to `size` in steps of `step` pixels, in equal shares (the smaller sizes take the remainder), the last epochs at `size`"
+    sizes = [*range(min(start, size), size, step), size]
+    sizes = sizes[max(0, len(sizes) - n_epochs):]   # fewer epochs than sizes: the largest ones
+    k, r = divmod(n_epochs, len(sizes))
+    return [s for i, s in enumerate(sizes) for _ in range(k + (i < r))]
+
+class ProgressiveResize(Callback):
+    "Train epoch `e` at `sizes[e]`: set the fast path's training `DeviceLoader` to that size (with at most 2x2 samples per pixel)"
+    order = -10
+    def __init__(self, sizes): self.sizes = sizes
+    def before_epoch(self):
+        if not self.training: return
+        dl = self.dls.train
+        dl.size = self.sizes[self.epoch]
+        dl.ss = min(2, max(1, round(dl.x.shape[-1] / dl.size)))
+
+class ValidSubset(Callback):
+    "Validate every epoch but the last on every `k`-th image of the fast path's validation `DeviceLoader`, the last one on all"
+    order = -10
+    def __init__(self, k): self.k = k
+    def before_fit(self): self.valid_xy = self.dls.valid.x, self.dls.valid.y
+    def before_epoch(self):
+        if self.training: return
+        (x, y), last = self.valid_xy, self.epoch == self.n_epochs - 1
+        self.dls.valid.x, self.dls.valid.y = (x, y) if last else (x[::self.k], y[::self.k])
+    def after_fit(self): self.dls.valid.x, self.dls.valid.y = self.valid_xy
+
+def speed_cbs(args):
+    "The fast path's `ProgressiveResize` (when `--resize-from` is below `--size`) and `ValidSubset` (when `--valid-subset` is below 1) of the run `args`"
+    if not args.fast: return []
+    sizes, k = progressive_sizes(args.epochs, args.size, args.resize_from or args.size), max(1, round(1 / args.valid_subset))
+    return [ProgressiveResize(sizes)] * (sizes[0] < args.size) + [ValidSubset(k)] * (k > 1)
+
 # %% ../nbs/09_train.ipynb #7c3bed69
 def log_recorder(log):
     "A `Recorder` holding the run `log`'s batches and epochs (all of them, across resumptions), to plot"
@@ -251,7 +287,8 @@ def _new_log(args):
             'epochs': [], 'losses': [], 'lrs': [], 'completed_epochs': 0, 'finished': False, 'time': {}}
 
 OLD_RUN_ARGS = {'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., 'channels_last': True, 'bn': 'auto', 'act': 'relu',
-                'sched': 'one-cycle', 'sqr_mom': None, 'eps': None}   # what a run saved before each option existed trained with
+                'sched': 'one-cycle', 'sqr_mom': None, 'eps': None,
+                'resize_from': None, 'valid_subset': 1.}   # what a run saved before each option existed trained with
 
 def _resume(args):
     "The saved arguments and log of the run in `args.resume`"
@@ -323,7 +360,7 @@ def fit_run(args, dls, n_out, device, log, out, t0, cbs=(), bars=None):
         learn.lr = runlog.log['lr']   # what a schedule-free optimizer trains at; a schedule sets its own at each batch
         fit_cbs = [Recorder(accuracy), ProgressCB(bars=bars), make_sched(args, learn.lr), EpochSeed(args.seed), runlog,
                    *([FiniteCheckCB()] if args.check_finite else []), *([Mixup(args.mixup)] if args.mixup else []),
-                   *([DataParallelCB(sync_bn=args.sync_bn)] if world_size() > 1 else []), *cbs]
+                   *([DataParallelCB(sync_bn=args.sync_bn)] if world_size() > 1 else []), *speed_cbs(args), *cbs]
         learn.fit(args.epochs, cbs=fit_cbs, start_epoch=start)
         if not runlog.log['epochs']:   # a callback's CancelFitException in the first epoch
             err = TrainError('a callback stopped training before the first epoch ended: nothing to save'); err.status = 1
@@ -390,8 +427,15 @@ def _recipe_args(p):
     "Add the recipe's options to the parser `p`: network, images, epochs, optimizer and its hyper-parameters, schedule, augmentation"
     a, pos, nonneg = p.add_argument, partial(_number, lo=0), partial(_number, lo=0, inclusive=True)
     a('--arch', choices=list(ARCHS), default='resnet_small', help='model (default: %(default)s)')
-    a('--size', type=pos(int, hi=1024, hi_inclusive=True), default=56, help='training image size in pixels, at most 1024 (default: %(default)s)')
+    a('--size', type=pos(int, hi=1024, hi_inclusive=True), default=80, help="image size in pixels of the last epochs' training and "
+      "of validation, at most 1024 (default: %(default)s)")
     a('--epochs', type=pos(int), default=10, help='(default: %(default)s)')
+    a('--resize-from', type=pos(int), default=32, metavar='SIZE', help='progressive resizing: the epochs train at sizes from SIZE up '
+      'to --size in steps of 16 pixels, in equal shares of the epochs (the smaller sizes take the remainder); SIZE at or above '
+      '--size: every epoch at --size (default: %(default)s; the fast path only)')
+    a('--valid-subset', type=pos(float, hi=1, hi_inclusive=True), default=0.25, metavar='F', help='validate every epoch but the '
+      'last on every round(1/F)-th validation image, the last epoch on all; 1: all of them every epoch (default: %(default)s; '
+      'the fast path only)')
     a('--opt', choices=list(OPTS), default='ranger',
       help='optimizer: Adam, SGD with momentum, RAdam or Ranger (RAdam with Lookahead) on the --sched schedule, or the '
            'schedule-free versions of Adam and SGD (sf-adam, sf-sgd: no schedule, a warmup of half an epoch) (default: %(default)s)')
