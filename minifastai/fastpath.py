@@ -29,8 +29,10 @@ def decode_cache(ds, n_workers=None, bs=256):
 
 # %% ../nbs/08_fastpath.ipynb #974ef6f9
 def _short_side(fn):
-    "The shorter side of the image `fn`, from its header (nothing is decoded)"
-    with Image.open(fn) as im: return min(im.size)
+    "The shorter side of the image `fn`, from its header (nothing is decoded; an EXIF turn does not change it)"
+    try:
+        with Image.open(fn) as im: return min(im.size)
+    except Exception as e: raise OSError(f'cannot read the size of image {fn}: {e}') from e
 
 def cache_size(fns, size, scale=2, n=8):
     "The training cache's size: `scale*size`, but no more than the images' shorter side (from `n` of them), nor less than `size`"
