@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from .data import URLs, untar_data, get_image_files, parent_label, Dataset, DataLoader, DataLoaders, \
-    atomic_write, default_device, remove_leftovers
+    atomic_write, default_device, remove_leftovers, empty_folders
 from .xse_resnext import xse_resnext50
 from .layers import simple_cnn, resnet_small, resnet18, xresnet50, mininet, set_bn_kernel
 from .loss import cross_entropy
@@ -40,9 +40,11 @@ class TrainError(Exception):
     status = 2
 
 def get_data(data):
-    "The data folder for `data`: a URL (downloaded and extracted once), or an existing folder"
-    if '://' in str(data): return untar_data(data)
+    "The data folder for `data`: an archive's URL or file (extracted once by `untar_data`), or an existing folder"
     path = Path(data).expanduser()
+    if '://' in str(data) or path.is_file():
+        try: return untar_data(data if '://' in str(data) else path)
+        except (ValueError, FileExistsError) as e: raise TrainError(f'--data {data}: {e}') from None
     if not path.is_dir(): raise TrainError(f'data folder {path} does not exist')
     return path
 
@@ -56,6 +58,7 @@ def split_files(path):
         if not fns: raise TrainError(f'no images in {d}')
         flat = [f for f in fns if f.parent == d]
         if flat: raise TrainError(f'{d} holds images directly ({flat[0].name}...): put each class in its own folder, {d}/<class>/')
+        if empty := empty_folders(d): raise TrainError(f'class folder {empty[0]} holds no images: add some, or remove it')
     v2i = Dataset(train_fns).v2i
     missing = sorted({parent_label(f) for f in valid_fns} - set(v2i))
     if missing: raise TrainError(f"{valid} has classes that {path/'train'} lacks: {', '.join(missing)}")
@@ -76,9 +79,8 @@ def _data_error(e):
 
 def load_data(args, device, decode=decode_cache):
     "The `DataLoaders` of the run `args` on `device` (the fast path's, or with `--no-fast` the plain ones), and the number of classes"
-    try: data = get_data(args.data)
-    except OSError as e: raise _data_error(e) from None   # a failed download, a corrupt archive: one line
-    train_fns, valid_fns, v2i = split_files(data)
+    try: train_fns, valid_fns, v2i = split_files(get_data(args.data))
+    except OSError as e: raise _data_error(e) from None   # a failed download, a corrupt archive, a link to nothing: one line
     if len(train_fns) < args.bs:
         raise TrainError(f"{len(train_fns)} training images are fewer than one batch (--bs {args.bs}): use --bs {len(train_fns)} or less")
     kw = dict(size=args.size, bs=args.bs, n_workers=args.workers, seed=args.seed)
