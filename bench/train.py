@@ -141,12 +141,10 @@ def n_images():
 
 def with_gflop(m, counts):
     "metrics.json `m` with its run's GFLOP (`counts`: the numbers of training and validation images)"
-    from minifastai.train import progressive_sizes
+    from minifastai.train import speed_plan
     a = m['args']
-    fast, n = a.get('fast', True), len(m['epochs'])
-    sizes = progressive_sizes(n, a['size'], a.get('resize_from') or a['size']) if fast else [a['size']] * n
-    k = max(1, round(1 / a.get('valid_subset', 1.))) if fast else 1
-    return m | {'gflop': run_gflop(a, sizes, *counts, n_validations=(n - 1) * len(range(0, counts[1], k)) / counts[1] + 1)}
+    sizes, k = speed_plan(argparse.Namespace(**a))
+    return m | {'gflop': run_gflop(a, sizes, *counts, n_validations=(len(sizes) - 1) * len(range(0, counts[1], k)) / counts[1] + 1)}
 
 def table(rows, ref=None, compared=None, roof=None):
     "Print `rows`; with `ref` (a row), the total time of the `compared` rows (default: all others) as a ratio to `ref`'s; with `roof` (GFLOPS), each row's GFLOPS during training against it"

@@ -97,9 +97,13 @@ class DeviceLoader:
                  rank=0, world_size=1):
         self.x, self.y, self.bs, self.size, self.train, self.seed = x, y, bs, size, train, seed
         self.scale, self.flip, self.epoch, self.rank, self.world_size = scale, flip, 0, rank, world_size
-        self.ss = max(1, round(x.shape[-1] / size)) if train else 1   # samples per output pixel and side
         self.device = torch.device(device) if device is not None else x.device
         self.norm = Normalize([s.reshape(3, 1, 1) * 255 for s in stats])
+
+    @property
+    def ss(self):
+        "Samples per output pixel and side for the crops: the cache's size over `size`, rounded, at least 1 and at most 2"
+        return min(2, max(1, round(self.x.shape[-1] / self.size))) if self.train else 1
 
     def _spans(self):
         "The positions in the epoch's order of this rank's batches, as ranges: its shares of the global batches"

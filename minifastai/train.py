@@ -6,9 +6,9 @@
 __all__ = ['ARCHS', 'OPTS', 'OPT_DEFAULTS', 'SCHEDS', 'BN_KERNELS', 'ACTS', 'OLD_RUN_ARGS', 'TrainError', 'get_data',
            'split_files', 'plain_dls', 'load_data', 'schedule_free', 'make_model', 'opt_hypers', 'opt_func',
            'make_learner', 'make_sched', 'find_lr', 'progressive_sizes', 'ProgressiveResize', 'ValidSubset',
-           'speed_cbs', 'log_recorder', 'save_plots', 'EpochSeed', 'write_run', 'save_run', 'BackgroundWriter',
-           'saved_log', 'RunLog', 'claimed', 'Interrupted', 'sigterm_interrupts', 'fit_run', 'run', 'get_parser',
-           'main']
+           'speed_plan', 'speed_cbs', 'log_recorder', 'save_plots', 'EpochSeed', 'write_run', 'save_run',
+           'BackgroundWriter', 'saved_log', 'RunLog', 'claimed', 'Interrupted', 'sigterm_interrupts', 'fit_run', 'run',
+           'get_parser', 'main']
 
 # %% ../nbs/09_train.ipynb #222dccea
 import argparse, contextlib, fcntl, inspect, json, math, os, signal, socket, sys, threading, time
@@ -157,14 +157,11 @@ def progressive_sizes(n_epochs, size, start=32, step=16):
     return [s for i, s in enumerate(sizes) for _ in range(k + (i < r))]
 
 class ProgressiveResize(Callback):
-    "Train epoch `e` at `sizes[e]`: set the fast path's training `DeviceLoader` to that size (with at most 2x2 samples per pixel)"
+    "Train epoch `e` at `sizes[e]`: set the fast path's training `DeviceLoader` to that size (its crops' supersampling follows)"
     order = -10
     def __init__(self, sizes): self.sizes = sizes
     def before_epoch(self):
-        if not self.training: return
-        dl = self.dls.train
-        dl.size = self.sizes[self.epoch]
-        dl.ss = min(2, max(1, round(dl.x.shape[-1] / dl.size)))
+        if self.training: self.dls.train.size = self.sizes[self.epoch]
 
 class ValidSubset(Callback):
     "Validate every epoch but the last on every `k`-th image of the fast path's validation `DeviceLoader`, the last one on all"
@@ -177,10 +174,15 @@ class ValidSubset(Callback):
         self.dls.valid.x, self.dls.valid.y = (x, y) if last else (x[::self.k], y[::self.k])
     def after_fit(self): self.dls.valid.x, self.dls.valid.y = self.valid_xy
 
+def speed_plan(args):
+    "The training size of each epoch of the run `args` and the stride `k` of its validation subsets (the plain path: `--size`, 1)"
+    if not args.fast: return [args.size] * args.epochs, 1
+    return progressive_sizes(args.epochs, args.size, args.resize_from or args.size), max(1, round(1 / args.valid_subset))
+
 def speed_cbs(args):
     "The fast path's `ProgressiveResize` (when `--resize-from` is below `--size`) and `ValidSubset` (when `--valid-subset` is below 1) of the run `args`"
     if not args.fast: return []
-    sizes, k = progressive_sizes(args.epochs, args.size, args.resize_from or args.size), max(1, round(1 / args.valid_subset))
+    sizes, k = speed_plan(args)
     return [ProgressiveResize(sizes)] * (sizes[0] < args.size) + [ValidSubset(k)] * (k > 1)
 
 # %% ../nbs/09_train.ipynb #7c3bed69
