@@ -1,4 +1,4 @@
-"""Training benchmarks for minifastai-train (issue 6): wall time from raw JPEGs to the final valid accuracy.
+"""Training benchmarks for minifastai-train: wall time from raw JPEGs to the final valid accuracy.
 
     python bench/train.py cpu      # (a) the chapter's recipe, fast path vs plain path; (b) the 5-epoch and the default recipes
     python bench/train.py default [--peer-python PY] [--seeds 0 1 2]   # the command's defaults against fastai's 5-epoch recipe
@@ -21,7 +21,7 @@ and cuDNN autotuning, as a user's run would: in one process, a later run would r
 earlier one), one after the other on the same card. With `--budget S` it skips the recipes that would
 start after S seconds (the peer always runs). bench/gpu.sh runs it in one call on a lent GPU machine.
 
-`quality` trains the 5-epoch recipe with the training crops and validation images of before issue 14 (a
+`quality` trains the 5-epoch recipe with plainer training crops and validation images (a
 cache at 5/4 of the training size, one sample per pixel, the whole validation image), with the validation
 centre crop alone, and with both changes (the default), for each seed.
 
@@ -311,7 +311,7 @@ def gpu(archive, smoke=False, budget=None):
           f"unless they say crops); images from {Path(archive).name}")
     table(rows, ref=rows[-1])
     if skipped: print(f'skipped (past the {budget} s budget): {"; ".join(skipped)}')
-    print('target (issue 14): >= 0.85 at 128px in 5 epochs, in under 30 s in all; the leaderboard: 0.8577 (5-run mean)')
+    print('targets: >= 0.85 at 128px in 5 epochs, in under 30 s in all; the leaderboard\'s 5-epoch record: 0.8743')
 
 # --- the fastai peer (CPU) ----------------------------------------------------------------------------
 FASTAI_PEER = r"""
@@ -392,7 +392,7 @@ def fastai_peer(py, seeds):
         print(f'minifastai-train is {t_theirs / t_ours:.2f}x faster in total time, {100 * d:+.1f} points of accuracy')
 
 def quality(seeds):
-    "The 5-epoch recipe with the training and validation images of before issue 14, and of now, for each seed"
+    "The 5-epoch recipe with plainer training and validation images, and with the default ones, for each seed"
     import minifastai.fastpath as fp
     old_cache = partial(fp.cache_size, scale=1.25)   # 5/4 of the training size, as before
     variants = [('cache 5/4 of the size, whole validation image (before)', old_cache, {'valid-crop': 1}),
