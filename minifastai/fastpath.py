@@ -159,9 +159,11 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     xv = center_crop(xv, size).contiguous()
     stats = cache_stats(xt)
     if _fits(device, xt.nbytes + xv.nbytes): (xt, yt, xv, yv) = to_device((xt, yt, xv, yv), device)
-    return CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
-                             DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats,
-                             vocab=sorted(v2i, key=v2i.get), size=size)
+    dls = CachedDataLoaders(DeviceLoader(xt, yt, bs, stats, train=True, size=size, seed=seed, scale=scale, device=device),
+                            DeviceLoader(xv, yv, bs * 2, stats, device=device), stats=stats,
+                            vocab=sorted(v2i, key=v2i.get), size=size)
+    dls.valid_crop = valid_crop   # how validation prepared its images: what predicting on a file must repeat (11_inference)
+    return dls
 
 # %% ../nbs/08_fastpath.ipynb #718f051c
 class MixedPrecisionCB(Callback):
