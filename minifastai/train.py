@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 
 from .data import URLs, untar_data, get_image_files, parent_label, Dataset, DataLoader, DataLoaders, \
     atomic_write, default_device, remove_leftovers, empty_folders
@@ -139,10 +138,15 @@ def make_sched(args, lr):
     return ScheduleFreeCB() if schedule_free(args.opt) else SCHEDS[args.sched](lr)
 
 # %% ../nbs/09_train.ipynb #054fe7df
+def _figure(**kw):
+    "A matplotlib `Figure` to save (no pyplot, no display); matplotlib is imported on first use, which keeps the command's start quick"
+    from matplotlib.figure import Figure
+    return Figure(**kw)
+
 def find_lr(learn, out):
     "Run the LR finder, save its plot to `out/lr_find.png`, and return its suggestion"
     lr = learn.lr_find(plot=False)
-    fig = Figure(figsize=(5, 3.5))
+    fig = _figure(figsize=(5, 3.5))
     learn.lr_finder.plot(ax=fig.add_subplot())
     fig.savefig(out/'lr_find.png', dpi=100, bbox_inches='tight')
     print(f'LR finder suggests lr={lr:.3g} (plot: {out/"lr_find.png"})')
@@ -199,7 +203,7 @@ def save_plots(log, out):
     "Write the `Recorder`'s loss and learning rate plots of the run `log` into `out`, as `loss.png` and `lr.png`"
     r = log_recorder(log)
     for fn, plot, title in (('loss.png', r.plot_loss, 'Loss'), ('lr.png', r.plot_lr, 'Learning rate schedule')):
-        fig = Figure(figsize=(6, 4))
+        fig = _figure(figsize=(6, 4))
         plot(ax=fig.add_subplot()).set_title(title)
         fig.savefig(out/fn, dpi=100, bbox_inches='tight')
 
