@@ -1,7 +1,7 @@
 """Data parallelism on CPU cores: one process with N threads against N processes of one thread each (torchrun).
 
 Measures two things, each printed as a table:
-- `train`: `minifastai-train` with its defaults but 5 epochs and one-cycle Adam at 3e-3, the recipe of 08a's table
+- `train`: `minifastai-train` with its defaults but 5 epochs and one-cycle Adam at 3e-3 (the 5-epoch recipe)
   (resnet_small, 56px, --bs 128, the global batch), on
   Imagenette-160, run once as 1 process x N threads and once under torchrun as N processes x 1 thread (with and,
   with --no-sync, without synchronised BatchNorm): validation accuracy, training time (the epochs) and total time

@@ -59,7 +59,7 @@ with Pool() as p: p.map(enlarge, Path('/tmp/mfhome/data/imagenette2-160').rglob(
 PY
 fi
 t0=$SECONDS
-for nb in 00_data 01_module 02_layers 04_learner 08_fastpath 09_train; do
+for nb in 00_data 01_module 02a_batchnorm 08_fastpath 09_train 11_inference; do
     timeout 150 python3 -c "from nbdev.test import nbdev_test; nbdev_test(path='nbs/$nb.ipynb', flags='cuda')" \
         >>$OUT/cuda_tests.log 2>&1 && echo "$nb with its cuda cells: passed" || echo "$nb with its cuda cells: FAILED (see cuda_tests.log)"
 done 2>&1 | tee $OUT/cuda_summary.log
