@@ -218,7 +218,7 @@ class EpochSeed(Callback):
         self.dls.train.epoch = self.epoch
 
 def _write_json(obj, fn):
-    "Write `obj` as JSON to `fn` atomically (the data notebook's `atomic_write`)"
+    "Write `obj` as JSON to `fn` atomically (`00_download`'s `atomic_write`)"
     with atomic_write(fn, 'w') as f: json.dump(obj, f, indent=1)
 
 def write_run(state, out):
