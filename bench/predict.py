@@ -11,8 +11,8 @@ Rows, one after the other in one run on the same machine:
 - its forward passes alone, on the images decoded beforehand (batches of 256);
 - ONNX Runtime (`learn.to_onnx`, then `InferenceSession`) fed by our decoding, batches of 64;
 - fastai 2.8.12 in its own venv (`--peer-python`, as `bench/train.py peer` makes it): the same network written in
-  `torch.nn` with our weights loaded, validation's preprocessing (`Resize` squish to the decode size, centre
-  `CropPad`, `Normalize` with our statistics), `learn.get_preds(dl=learn.dls.test_dl(files))`, timed inside its
+  `torch.nn` with our weights loaded, validation's preprocessing (`Resize` squish to the decode size with PIL's
+  bicubic filter, centre `CropPad`, `Normalize` with our statistics; JPEGs decoded in full where ours use draft mode), `learn.get_preds(dl=learn.dls.test_dl(files))`, timed inside its
   Python after its loaders are built (its start-up is not counted: that favours fastai).
 Each row also prints the GFLOPS its network's forward passes reached (torch's FLOP counter, decoding counted in
 the time), against the float32 sgemm roof measured in the same run: near the roof, only less arithmetic (a
@@ -37,6 +37,7 @@ from torch import nn
 import torch.nn.functional as F
 from fastai.vision.all import (ImageDataLoaders, Resize, ResizeMethod, CropPad, Normalize, Learner, get_image_files,
                                CrossEntropyLossFlat)
+from PIL import Image
 path, weights, size, decode_size, n_lat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 
 def conv(ni, nf, stride=1, ks=3, act=True):
@@ -61,7 +62,7 @@ model.load_state_dict(dict(zip(keys, w['tensors'])), strict=False)
 crop = CropPad(size)
 crop.order = Resize.order + 1   # after the resize (a CropPad runs first by default)
 dls = ImageDataLoaders.from_folder(path, train='train', valid='val', bs=64, num_workers=2,
-                                   item_tfms=[Resize(decode_size, method=ResizeMethod.Squish), crop],
+                                   item_tfms=[Resize(decode_size, method=ResizeMethod.Squish, resamples=(Image.BICUBIC, Image.NEAREST)), crop],
                                    batch_tfms=Normalize.from_stats(*w['stats']))
 assert list(dls.vocab) == w['vocab'], 'vocab'
 learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
@@ -168,6 +169,8 @@ def main():
           (f", fastai {1000 * f['latency']:.1f} ms: ours takes {lat / f['latency']:.2f} of fastai's time" if f else
            f'; fastai rows skipped: fastai is not importable by {a.peer_python}'))
     if not f: return
+    if abs(f['acc'] - rows[0][2]) > 0.005:
+        print(f"fastai's accuracy differs from ours by {100 * abs(f['acc'] - rows[0][2]):.1f} points: its preprocessing differs")
     save({'machine': machine(), 'date': time.strftime('%Y-%m-%d'), 'images': n, 'size': learn.prep.size,
           'sgemm_gflops': round(roof, 1),
           'rows': [{'name': name, 'seconds': round(s, 2), 'images_per_s': round(n / s), 'accuracy': round(acc, 4),

@@ -6,7 +6,7 @@
 __all__ = ['Preds', 'FORMAT', 'ONNX_EXTRA', 'Prep', 'inference_model', 'image_items', 'load_learner', 'onnx_available',
            'onnx_session', 'OnnxModel', 'ClassificationInterpretation', 'report', 'get_parser', 'main']
 
-# %% ../nbs/11_inference.ipynb #fb9b8f96
+# %% ../nbs/11_inference.ipynb #d54a300f
 import argparse, contextlib, copy, importlib.util, io, json, logging, math, os, re, sys, warnings
 from collections import namedtuple
 from pathlib import Path
@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from .data import (load_image, image2tensor, to_rgb, get_image_files, parent_label, label_name, DataLoader,
                              atomic_write)
-from .fastpath import valid_size, center_crop
+from .fastpath import valid_size
 from .learner import Learner
 from .layers import ConvLayer
 from .batchnorm import BatchNorm
@@ -26,7 +26,7 @@ from .module import Parameter
 from .loss import cross_entropy
 from .train import ARCHS, ACTS, OLD_RUN_ARGS
 
-# %% ../nbs/11_inference.ipynb #92450e7d
+# %% ../nbs/11_inference.ipynb #d2fbd0b6
 class Prep:
     "How validation turned an image into the model's input: decode at `valid_size(size, crop)` as a square, keep the central `size` pixels, normalise with `stats`"
     def __init__(self, size, crop=1., stats=None):
@@ -44,10 +44,11 @@ class Prep:
 
     def describe(self):
         "One line a user of the model outside Python needs"
-        return (f'RGB, decoded as a {self.decode_size}x{self.decode_size} square (the whole image resized, aspect not kept), '
-                f'central {self.size}x{self.size} crop, uint8 NHWC; the model normalises with the mean and std inside')
+        return (f'RGB, the whole image resized to a {self.decode_size}x{self.decode_size} square by PIL (bicubic; JPEGs decoded in '
+                f'draft mode first, aspect not kept), the central {self.size}x{self.size} pixels (offset (d - s) // 2), uint8 NHWC; '
+                'the model normalises with the mean and std inside')
 
-# %% ../nbs/11_inference.ipynb #c75bda5b
+# %% ../nbs/11_inference.ipynb #c4388e7a
 def _crop_pil(im, size):
     "The central `size`x`size` pixels of the PIL image `im` (the same pixels as `center_crop` on its tensor)"
     t, l = (im.height - size) // 2, (im.width - size) // 2
@@ -59,13 +60,14 @@ def _from_pil(prep, im):
     return _crop_pil(im.resize((prep.decode_size, prep.decode_size)), prep.size)
 
 def _pixels(item):
-    "An array or tensor of pixels as a `uint8` HWC tensor, or an error that says what it expected"
-    x = torch.from_numpy(item) if type(item).__module__ == 'numpy' else item
+    "An array or tensor of pixels as a `uint8` HWC tensor (HW, HWC with 1 to 4 channels), or an error that says what it expected"
+    x = torch.from_numpy(item.copy()) if type(item).__module__ == 'numpy' else item   # a copy: any strides (a BGR flip...)
     if x.dtype != torch.uint8:
         raise TypeError(f'pixels must be uint8 (0-255), got {x.dtype}: convert them, e.g. `(x * 255).round().to(torch.uint8)`')
-    if x.dim() != 3 or x.shape[-1] != 3:
-        hint = ' (channels first? use `x.permute(1, 2, 0)`)' if x.dim() == 3 and x.shape[0] == 3 else ''
-        raise ValueError(f'pixels must be an RGB image in HWC order, shape (height, width, 3), got {tuple(x.shape)}{hint}')
+    if x.dim() == 3 and x.shape[0] in (1, 3, 4) and x.shape[-1] not in (1, 3, 4):
+        raise ValueError(f'pixels must be in HWC order, got {tuple(x.shape)}: channels first? use `x.permute(1, 2, 0)`')
+    if not (x.dim() == 2 or (x.dim() == 3 and x.shape[-1] in (1, 3, 4))):
+        raise ValueError(f'pixels must be an image of shape (height, width) or (height, width, channels), got {tuple(x.shape)}')
     return x
 
 @patch
@@ -75,8 +77,9 @@ def image(self:Prep, item):
     if isinstance(item, Image.Image): return image2tensor(_from_pil(self, item))
     if isinstance(item, torch.Tensor) or type(item).__module__ == 'numpy':
         x = _pixels(item)
-        if x.shape[:2] == (self.size, self.size): return x
-        return image2tensor(_from_pil(self, Image.fromarray(x.cpu().numpy())))
+        if x.shape == (self.size, self.size, 3): return x
+        a = x.cpu().numpy()
+        return image2tensor(_from_pil(self, Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)))
     raise TypeError(f'cannot predict on a {type(item).__name__}: give a file path, a PIL image, or uint8 HWC pixels')
 
 @patch
@@ -144,7 +147,7 @@ def predict(self:Learner, item):
     i = int(probs.argmax())
     return self.vocab[i], i, probs
 
-# %% ../nbs/11_inference.ipynb #429fdb73
+# %% ../nbs/11_inference.ipynb #93f768bd
 class _Files:
     "The files `fns` as validation's `uint8` images, for the `DataLoader`'s workers: item `i` is (image, `i`), or (black, -1) if it cannot be read"
     def __init__(self, fns, prep): self.fns, self.prep = list(fns), prep
@@ -162,18 +165,22 @@ def _why(fn, prep):
     return f'{fn}: could not be read'
 
 def image_items(items):
-    "The image files of `items`: files as given, folders walked as `get_image_files` walks them (sorted)"
-    fns = []
-    for it in map(Path, items if isinstance(items, (list, tuple)) else [items]):
-        fns += list(get_image_files(it)) if it.is_dir() else [it]
-    return fns
+    "The image files of `items` (files as given, folders walked as `get_image_files` walks them), and `{item: why}` for a folder without any"
+    fns, errors = [], {}
+    for it in (Path(o).expanduser() for o in ([items] if isinstance(items, (str, os.PathLike)) else items)):
+        if not it.is_dir(): fns.append(it); continue
+        try: found = list(get_image_files(it))
+        except OSError as e: found, errors[str(it)] = [], f'{it}: cannot be read ({e.strerror or e})'
+        if not found and str(it) not in errors: errors[str(it)] = f'{it}: a folder without image files'
+        fns += found
+    return fns, errors
 
 Preds = namedtuple('Preds', 'files labels idxs probs errors')
 
 @patch
 def predict_files(self:Learner, items, bs=256, n_workers=None, progress=None, group=4):
     "Predict on image files and folders `items` in batches of `bs`: `Preds(files, labels, idxs, probs, errors)`"
-    fns, prep = image_items(items), self.prep
+    (fns, missing), prep = image_items(items), self.prep
     n_workers = min(os.cpu_count(), 1 + len(fns) // 64) if n_workers is None else n_workers
     dl = DataLoader(_Files(fns, prep), bs=bs, n_workers=n_workers, dtype=torch.uint8)
     probs, ok = torch.zeros(len(fns), len(self.vocab)), torch.zeros(len(fns), dtype=torch.bool)
@@ -186,12 +193,12 @@ def predict_files(self:Learner, items, bs=256, n_workers=None, progress=None, gr
                 ok[ib[good]] = True
             if progress: progress(min((g + group) * bs, len(fns)), len(fns))
     finally: dl.close()
-    errors = {str(fns[i]): _why(fns[i], prep) for i in (~ok).nonzero().flatten().tolist()}
+    errors = {**missing, **{str(fns[i]): _why(fns[i], prep) for i in (~ok).nonzero().flatten().tolist()}}
     keep = ok.nonzero().flatten()
     idxs = probs[keep].argmax(1)
     return Preds([fns[i] for i in keep], [self.vocab[i] for i in idxs], idxs, probs[keep], errors)
 
-# %% ../nbs/11_inference.ipynb #c2568d45
+# %% ../nbs/11_inference.ipynb #1f254988
 FORMAT = 'minifastai-export'
 
 @patch
@@ -202,7 +209,11 @@ def export(self:Learner, fn, arch=None, **arch_kw):
         raise ValueError(f"export needs the architecture's name, one of {', '.join(ARCHS)}: "
                          f"`learn.export(fn, arch='resnet_small')` (got {spec.get('name')!r})")
     spec.setdefault('n_out', len(self.vocab)); spec.setdefault('act', 'relu')
-    _build(spec, self.model.state_dict(), fn)   # refuse now, not at load time, an export that would not load
+    probe = torch.randint(0, 256, (2, self.prep.size, self.prep.size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    built = _build(spec, self.model.state_dict(), fn)   # refuse now, not at load time, an export that would not load...
+    if not torch.allclose(self._probs(probe, built.to(_device(self.model))), self._probs(probe, self.model), atol=1e-4):
+        raise ValueError(f"{spec['name']}({', '.join(f'{k}={v!r}' for k, v in spec.items() if k != 'name')}) with these weights "
+                         "predicts otherwise than the learner's model: give export the arguments the model was built with")   # ...or predict otherwise
     state = {'format': FORMAT, 'version': 1, 'arch': spec, 'vocab': self.vocab, 'prep': self.prep.state_dict(),
              'model': {k: v.detach().to('cpu', copy=True).as_subclass(torch.Tensor) for k, v in self.model.state_dict().items()}}
     with atomic_write(fn) as f: torch.save(state, f)
@@ -212,7 +223,9 @@ def _build(spec, sd, fn):
     "The network of the architecture `spec` with the weights `sd`, or an error naming `fn` if they do not fit"
     if spec['name'] not in ARCHS: raise ValueError(f"{fn}: unknown architecture {spec['name']!r} (this minifastai has {', '.join(ARCHS)})")
     if spec.get('act', 'relu') not in ACTS: raise ValueError(f"{fn}: unknown activation {spec['act']!r}")
-    model = ARCHS[spec['name']](spec['n_out'], act=ACTS[spec.get('act', 'relu')])
+    kw = {k: v for k, v in spec.items() if k not in ('name', 'n_out', 'act')}
+    try: model = ARCHS[spec['name']](spec['n_out'], act=ACTS[spec.get('act', 'relu')], **kw)
+    except TypeError as e: raise ValueError(f"{fn}: {spec['name']} takes no such argument ({e})") from None
     own = model.state_dict()
     if own.keys() != sd.keys() or any(own[k].shape != sd[k].shape for k in own):
         bad = sorted(own.keys() ^ sd.keys())[:3] or [k for k in own if own[k].shape != sd[k].shape][:3]
@@ -220,11 +233,14 @@ def _build(spec, sd, fn):
     model.load_state_dict(sd)
     return model.eval()
 
-# %% ../nbs/11_inference.ipynb #ba971210
+# %% ../nbs/11_inference.ipynb #48fc3850
 def _detail(e):
     "The line of a `torch.load` error that says what is wrong with the file"
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    return next((l for l in lines if l.startswith(('Unsupported', 'Trying to load'))), lines[0] if lines else type(e).__name__)
+    if 'failed finding central directory' in str(e): return 'its zip archive ends early: truncated, or not a torch.save file'
+    if 'Unsupported operand' in str(e): return 'a bare pickle or another format, not a torch.save file'
+    line = next((l for l in lines if l.startswith(('Unsupported', 'Trying to load'))), lines[0] if lines else type(e).__name__)
+    return line.split('. ')[0]   # its first sentence: the rest is advice about loading checkpoints
 
 def _load(fn):
     "The contents of `fn`, read without running any of its code (`weights_only`): one-line errors for what is not a readable file of tensors"
@@ -310,7 +326,7 @@ def _tensors(model):
     for k, t in model.named_parameters() + model.named_buffers():
         if id(t) not in seen: seen.add(id(t)); yield 'w_' + k.replace('.', '_'), t
 
-# %% ../nbs/11_inference.ipynb #81a800b0
+# %% ../nbs/11_inference.ipynb #82308e84
 @patch
 def to_onnx(self:Learner, fn, opset=18):
     "Write the model to the ONNX file `fn`: input `images` (uint8 [N, size, size, 3] RGB), output `probs` (float32 [N, classes]); vocab, size and preprocessing in its metadata"
@@ -325,52 +341,60 @@ def to_onnx(self:Learner, fn, opset=18):
                                      dynamic_shapes={'images': {0: torch.export.Dim('batch')}}, verbose=False)
     finally: log.setLevel(level)
     m = prog.model_proto
-    meta = {'vocab': json.dumps(self.vocab), 'size': str(prep.size), 'preprocessing': prep.describe(),
+    meta = {'vocab': json.dumps(self.vocab), 'size': str(prep.size), 'decode_size': str(prep.decode_size), 'preprocessing': prep.describe(),
             'names': json.dumps([label_name(v) for v in self.vocab]), 'producer': 'minifastai'}
     for k, v in meta.items(): m.metadata_props.add(key=k, value=v)
     with atomic_write(fn) as f: f.write(m.SerializeToString())
     return Path(fn)
 
-# %% ../nbs/11_inference.ipynb #fffa1c9b
+# %% ../nbs/11_inference.ipynb #8241780e
+def _valid_dl(learn):
+    "The learner's validation loader, or an error saying to pass `items=` (a loaded model has no data)"
+    dls = learn.dls
+    if dls is None or len(getattr(dls, 'dls', ())) < 2:
+        raise ValueError('this learner has no validation set (a loaded model?): pass items=, a folder of class folders of images')
+    return dls.valid
+
 def _valid_images(dl, idxs):
     "The `uint8` HWC images `idxs` of the validation loader `dl`, as the model saw them (a `DeviceLoader`'s cache or a `Dataset`'s decoding)"
     if hasattr(dl, 'x'): return [dl.x[i].permute(1, 2, 0).cpu() for i in idxs]
     return [image2tensor(dl.ds.get_raw(i)[0]) for i in idxs]
 
-def _title(ax, pred, actual, prob, extra=''):
-    wrong = pred != actual
-    ax.set_title(f'{label_name(pred)}{extra}\n' + (f'actual: {label_name(actual)}' if wrong else f'p={prob:.2f}'),
-                 color='red' if wrong else 'green', fontsize=9)
+def _title(ax, pred, actual, prob, vocab):
+    "Predicted label: green with its probability when right, red with the actual label when wrong, black when the actual one is unknown"
+    wrong, known = pred != actual, actual in vocab
+    ax.set_title(f'{label_name(pred)}\n' + (f'actual: {label_name(actual)}' if wrong and known else f'p={prob:.2f}'),
+                 color=('red' if wrong else 'green') if known else 'black', fontsize=8)
 
-def _grid(n, ncols, size=2.2):
+def _grid(n, ncols, size, **kwargs):
     import matplotlib.pyplot as plt
     nrows = math.ceil(n / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size + 0.3), squeeze=False)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size + 0.3), squeeze=False, **kwargs)
     for ax in axs.flat: ax.axis('off')
     return fig, axs.flat
 
 @patch
-def show_results(self:Learner, n=9, items=None, ncols=3):
-    "Show `n` validation images (of `items`, image files or folders, for a loaded model), evenly spaced: predicted label, in green with its probability when right, in red with the actual one when wrong"
+def show_results(self:Learner, n=9, items=None, ncols=3, size=2., **kwargs):
+    "Show `n` validation images (of `items`, image files or folders, for a loaded model), evenly spaced, `size` inches each: predicted label, in green with its probability when right, in red with the actual one when wrong"
     if items is None:
-        dl = getattr(self.dls, 'valid', None)
-        if dl is None: raise ValueError('this learner has no validation set (a loaded model): pass items=, a folder of class folders of images')
+        dl = _valid_dl(self)
         m = len(dl.x) if hasattr(dl, 'x') else len(dl.ds)
         idxs = list(range(0, m, max(1, m // n)))[:n]
         ims = _valid_images(dl, idxs)
         targs = [self.vocab[int(dl.y[i])] for i in idxs] if hasattr(dl, 'y') else [self.vocab[dl.ds.get_raw(i)[1]] for i in idxs]
     else:
-        fns = image_items(items)
+        fns, missing = image_items(items)
+        if not fns: raise ValueError(f"no image files in {', '.join(map(str, missing))}")
         fns = fns[::max(1, len(fns) // n)][:n]
         ims, targs = [self.prep.image(f) for f in fns], [parent_label(f) for f in fns]
     probs = self._probs(torch.stack(ims))
-    fig, axs = _grid(len(ims), ncols)
+    fig, axs = _grid(len(ims), ncols, size, **kwargs)   # kwargs: for `plt.subplots` (`dpi`...)
     for ax, im, p, t in zip(axs, ims, probs, targs):
         ax.imshow(im); i = int(p.argmax())
-        _title(ax, self.vocab[i], t, float(p[i]))
+        _title(ax, self.vocab[i], t, float(p[i]), self.vocab)
     fig.tight_layout()
 
-# %% ../nbs/11_inference.ipynb #3f4d0405
+# %% ../nbs/11_inference.ipynb #826a52eb
 class ClassificationInterpretation:
     "What a classifier gets wrong, from one pass of inference: confusion matrix, most confused pairs, top losses and their images"
     def __init__(self, vocab, probs, targs, image):
@@ -382,16 +406,17 @@ class ClassificationInterpretation:
     def from_learner(cls, learn, items=None, bs=64):
         "On `learn`'s validation set, or on labelled image files or folders `items` (each in a folder named after its class)"
         if items is None:
-            if getattr(learn.dls, 'valid', None) is None:
-                raise ValueError('this learner has no validation set (a loaded model): pass items=, a folder of class folders of images')
-            logits, targs = learn.get_preds(learn.dls.valid)
-            return cls(learn.vocab, F.softmax(logits.float(), -1), targs, lambda i: _valid_images(learn.dls.valid, [i])[0])
-        p = learn.predict_files(items, bs=bs)
-        if p.errors: raise ValueError(f'{len(p.errors)} files could not be read, e.g. {next(iter(p.errors.values()))}')
+            dl = _valid_dl(learn)
+            logits, targs = learn.get_preds(dl)
+            return cls(learn.vocab, F.softmax(logits.float(), -1), targs, lambda i: _valid_images(dl, [i])[0])
+        fns, missing = image_items(items)
         v2i = {v: i for i, v in enumerate(learn.vocab)}
-        unknown = sorted({parent_label(f) for f in p.files} - set(v2i))
+        unknown = sorted({parent_label(f) for f in fns} - set(v2i))
         if unknown: raise ValueError(f"images in folders that are not classes of the model: {', '.join(unknown[:5])}")
-        targs = torch.tensor([v2i[parent_label(f)] for f in p.files])
+        if not fns: raise ValueError(f"no image files in {', '.join(map(str, missing))}")
+        p = learn.predict_files(fns, bs=bs)
+        if p.errors: print(f'skipped {len(p.errors)} files that could not be read, e.g. {next(iter(p.errors.values()))}')
+        targs = torch.tensor([v2i[parent_label(f)] for f in p.files], dtype=torch.long)
         return cls(learn.vocab, p.probs, targs, lambda i: learn.prep.image(p.files[i]))
 
 # %% ../nbs/11_inference.ipynb #ef6b0998
@@ -414,13 +439,13 @@ def top_losses(self:ClassificationInterpretation, k=None):
     "`(losses, idxs)` of the `k` images with the largest loss (all of them if `k` is None), largest first"
     return self.losses.topk(len(self.losses) if k is None else min(k, len(self.losses)))
 
-# %% ../nbs/11_inference.ipynb #f14383c5
+# %% ../nbs/11_inference.ipynb #f6727d34
 @patch
-def plot_confusion_matrix(self:ClassificationInterpretation, figsize=(6, 6), cmap='Blues'):
+def plot_confusion_matrix(self:ClassificationInterpretation, figsize=(6, 6), cmap='Blues', **kwargs):
     "Draw the confusion matrix with the class names and the count in every cell"
     import matplotlib.pyplot as plt
     cm, names = self.confusion_matrix(), [label_name(v) for v in self.vocab]
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = plt.subplots(figsize=figsize, **kwargs)
     ax.imshow(cm, cmap=cmap)
     ax.set_xticks(range(len(names)), names, rotation=90); ax.set_yticks(range(len(names)), names)
     ax.set_xlabel('predicted'); ax.set_ylabel('actual')
@@ -430,18 +455,18 @@ def plot_confusion_matrix(self:ClassificationInterpretation, figsize=(6, 6), cma
     fig.tight_layout()
 
 @patch
-def plot_top_losses(self:ClassificationInterpretation, k=9, ncols=3):
-    "Show the `k` images with the largest loss: predicted and actual label, loss, and the probability of the actual class"
+def plot_top_losses(self:ClassificationInterpretation, k=9, ncols=3, size=2.2, **kwargs):
+    "Show the `k` images with the largest loss, `size` inches each: predicted and actual label, loss, and the probability of the actual class"
     losses, idxs = self.top_losses(k)
-    fig, axs = _grid(len(idxs), ncols, size=2.4)
+    fig, axs = _grid(len(idxs), ncols, size, **kwargs)
     for ax, l, i in zip(axs, losses, idxs.tolist()):
         t, p = int(self.targs[i]), int(self.preds[i])
         ax.imshow(self.image(i))
-        ax.set_title(f'{label_name(self.vocab[p])} / {label_name(self.vocab[t])}\nloss {float(l):.2f}, p(actual) {float(self.probs[i, t]):.2f}', fontsize=8)
+        ax.set_title(f'{label_name(self.vocab[p])} / {label_name(self.vocab[t])}\nloss {float(l):.2f}, p(actual) {float(self.probs[i, t]):.2f}', fontsize=7)
     fig.suptitle('predicted / actual', fontsize=9)
     fig.tight_layout()
 
-# %% ../nbs/11_inference.ipynb #07f7175d
+# %% ../nbs/11_inference.ipynb #3055074e
 def _bar(done, total, width=30, out=sys.stderr):
     "A one-line progress bar on `out` (stderr: stdout stays the results)"
     n = round(width * done / total)
@@ -454,7 +479,9 @@ def _topk(probs, vocab, k):
 
 def report(preds, vocab, top_k=1, as_json=False, out=sys.stdout):
     "Print one line per predicted file (a table, or JSON lines), then the accuracy when every file sits in a folder named after a class; return it (or None)"
+    top_k = min(top_k, len(vocab))
     rows = [(str(f), _topk(p, vocab, top_k)) for f, p in zip(preds.files, preds.probs)]
+    if not rows: return None
     if as_json:
         for f, tk in rows: print(json.dumps({'file': f, 'label': tk[0][0], 'prob': tk[0][1], 'topk': tk}), file=out)
     else:
@@ -469,7 +496,12 @@ def report(preds, vocab, top_k=1, as_json=False, out=sys.stdout):
 
 def _named(v): return v if label_name(v) == v else f'{v} ({label_name(v)})'
 
-# %% ../nbs/11_inference.ipynb #4d4f8bf8
+# %% ../nbs/11_inference.ipynb #90768217
+def _positive(s):
+    "An argument that must be a whole number above 0"
+    if not s.isdigit() or int(s) < 1: raise argparse.ArgumentTypeError(f'must be a whole number above 0, got {s!r}')
+    return int(s)
+
 def get_parser():
     "The `minifastai-predict` argument parser"
     p = argparse.ArgumentParser(prog='minifastai-predict', description='Classify images with a model trained by minifastai-train '
@@ -479,8 +511,8 @@ def get_parser():
     a('items', nargs='*', type=Path, help='image files and folders (walked for images, as get_image_files does)')
     a('--top-k', type=int, default=1, metavar='K', help='also show the next K-1 labels and their probabilities (default: 1)')
     a('--json', action='store_true', help='one JSON object per line: {"file", "label", "prob", "topk": [[label, prob], ...]}')
-    a('--bs', type=int, default=64, help='images per batch (default: %(default)s)')
-    a('--workers', type=int, default=None, help='decoding processes (default: one per core, fewer for few images)')
+    a('--bs', type=_positive, default=256, help='images per batch (default: %(default)s)')
+    a('--workers', type=_positive, default=None, help='decoding processes (default: one per core, fewer for few images)')
     a('--device', default='cpu', help='cpu, cuda, ... (default: %(default)s)')
     a('--export', type=Path, metavar='FILE', help='write the model as one minifastai export file (load it with load_learner)')
     a('--onnx', type=Path, metavar='FILE', help="write the model as ONNX (uint8 NHWC images in, probabilities out; needs the 'onnx' extra)")
@@ -491,6 +523,9 @@ def main(argv=None):
     p = get_parser()
     args = p.parse_args(argv)
     if args.top_k < 1: p.error('--top-k must be at least 1')
+    try: dev = torch.device(args.device)
+    except RuntimeError: p.error(f'unknown device {args.device!r}')
+    if dev.type == 'cuda' and not torch.cuda.is_available(): p.error(f'--device {args.device}: there is no CUDA GPU here')
     if not (args.items or args.export or args.onnx): p.error('give images to predict on, --export FILE or --onnx FILE')
     try:
         learn = load_learner(args.model, device=args.device)
