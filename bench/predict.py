@@ -28,7 +28,7 @@ import torch
 from minifastai.data import URLs, untar_data, get_image_files, parent_label, DataLoader
 from minifastai.inference import load_learner, _Files
 sys.path.insert(0, str(Path(__file__).parent))
-from train import image_gflop, sgemm_gflops   # bench/train.py: torch's FLOP counter, the float32 sgemm roof
+from train import image_gflop, sgemm_gflops, TORCH_RESNET_SMALL   # bench/train.py: FLOP counter, sgemm roof, the torch.nn net
 
 FASTAI = r'''
 import json, statistics, sys, time
@@ -40,20 +40,7 @@ from fastai.vision.all import (ImageDataLoaders, Resize, ResizeMethod, CropPad, 
 from PIL import Image
 path, weights, size, decode_size, n_lat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 
-def conv(ni, nf, stride=1, ks=3, act=True):
-    return nn.Sequential(nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False), nn.BatchNorm2d(nf), *([nn.ReLU(inplace=True)] if act else []))
-
-class ResBlock(nn.Module):
-    def __init__(self, ni, nf, stride):
-        super().__init__()
-        self.convs = nn.Sequential(conv(ni, nf, stride), conv(nf, nf, act=False))
-        self.idconv = conv(ni, nf, stride, ks=1, act=False)
-    def forward(self, x): return F.relu(self.convs(x) + self.idconv(x))
-
-def resnet_small(n_out=10):
-    return nn.Sequential(conv(3, 32, 2), ResBlock(32, 64, 2), ResBlock(64, 128, 2), ResBlock(128, 256, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, n_out))
-
+''' + TORCH_RESNET_SMALL + r'''
 w = torch.load(weights)
 model = resnet_small(len(w['vocab']))
 keys = [k for k in model.state_dict() if not k.endswith('num_batches_tracked')]

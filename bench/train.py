@@ -314,16 +314,9 @@ def gpu(archive, smoke=False, budget=None):
     print('targets: >= 0.85 at 128px in 5 epochs, in under 30 s in all; the leaderboard\'s 5-epoch record: 0.8743')
 
 # --- the fastai peer (CPU) ----------------------------------------------------------------------------
-FASTAI_PEER = r"""
-import json, sys, time
-t_start = time.time()
-import torch
-from torch import nn
-import torch.nn.functional as F
-from fastai.vision.all import (ImageDataLoaders, RandomResizedCrop, Flip, Normalize, Learner, Adam, accuracy,
-                               LabelSmoothingCrossEntropy, set_seed)
-path, seed = sys.argv[1], int(sys.argv[2])
-
+# resnet_small (02b) written in torch.nn, with the same initialisation rules: the network fastai trains here, and
+# the one bench/predict.py loads our weights into (its tensors in the order of our state dict)
+TORCH_RESNET_SMALL = r"""
 def conv(ni, nf, stride=1, ks=3, act=True):
     c = nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False)
     (nn.init.kaiming_normal_ if act else nn.init.xavier_normal_)(c.weight)
@@ -342,6 +335,19 @@ def resnet_small(n_out=10):
     return nn.Sequential(conv(3, 32, 2), ResBlock(32, 64, 2), ResBlock(64, 128, 2), ResBlock(128, 256, 2),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin)
 
+"""
+
+FASTAI_PEER = r"""
+import json, sys, time
+t_start = time.time()
+import torch
+from torch import nn
+import torch.nn.functional as F
+from fastai.vision.all import (ImageDataLoaders, RandomResizedCrop, Flip, Normalize, Learner, Adam, accuracy,
+                               LabelSmoothingCrossEntropy, set_seed)
+path, seed = sys.argv[1], int(sys.argv[2])
+
+""" + TORCH_RESNET_SMALL + r"""
 set_seed(seed)
 dls = ImageDataLoaders.from_folder(path, train='train', valid='val', bs=128, num_workers=2,
                                    item_tfms=RandomResizedCrop(56, min_scale=0.5), batch_tfms=[Flip(), Normalize()])

@@ -233,7 +233,7 @@ def _build(spec, sd, fn):
     model.load_state_dict(sd)
     return model.eval()
 
-# %% ../nbs/11_inference.ipynb #48fc3850
+# %% ../nbs/11_inference.ipynb #837d39dd
 def _detail(e):
     "The line of a `torch.load` error that says what is wrong with the file"
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
@@ -267,7 +267,9 @@ def _from_run(d):
     "The architecture, weights, vocab and `Prep` of the `minifastai-train` run saved in the folder `d`"
     fn = d/'model.pth'
     state = _load(fn)
-    args = (state.get('meta') or {}).get('log', {}).get('args') if isinstance(state, dict) else None
+    log = (state.get('meta') or {}).get('log') if isinstance(state, dict) else None
+    if log is None and (d/'metrics.json').is_file(): log = json.loads((d/'metrics.json').read_text())   # runs saved it there only
+    args = (log or {}).get('args')
     if not args or not isinstance(state.get('dls'), dict): raise ValueError(f'{fn}: not the checkpoint of a minifastai-train run')
     args, dls = {**OLD_RUN_ARGS, **args}, state['dls']
     crop = args['valid_crop'] if args.get('fast', True) else 1.
