@@ -119,6 +119,10 @@ class Dataset:
     def __getitem__(self, i):
         im, y = self.get_raw(i)
         return image2tensor(im).float() / 255, tensor(y)
+    @property
+    def deterministic(self):
+        "Does item `i` depend on `i` alone? True for this class; a subclass that overrides `get_raw` or `__getitem__` sets it itself"
+        return type(self).get_raw is Dataset.get_raw and type(self).__getitem__ is Dataset.__getitem__
 
 # %% ../nbs/00_data.ipynb #a63b546e
 def default_device():

@@ -18,7 +18,8 @@ from .learner import Callback
 # %% ../nbs/08_fastpath.ipynb #f18dcca1
 def decode_cache(ds, n_workers=None, bs=256):
     "Decode every image of the `Dataset` `ds` once: a `uint8` [N,3,H,W] tensor and the labels"
-    dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8)
+    dl = DataLoader(ds, bs=bs, n_workers=os.cpu_count() if n_workers is None else n_workers, dtype=torch.uint8,
+                    cache_mb=0)   # one pass: the loader's own item cache would only hold a second copy
     x = torch.empty(len(ds), 3, ds.size, ds.size, dtype=torch.uint8)
     y = torch.empty(len(ds), dtype=torch.int64)
     for b, (xb, yb) in enumerate(dl):

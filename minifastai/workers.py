@@ -187,10 +187,11 @@ def _recv(self:_Workers, w):
 class DataLoader:
     "Batches of `bs` items of `ds`, optionally shuffled, loaded by `n_workers` persistent processes (0: in-process); `rank`'s share of them, of `world_size`"
     def __init__(self, ds, bs=128, shuffle=False, n_workers=1, drop_last=False, seed=None,
-                 dtype=torch.float32, prefetch=2, timeout=None, rank=0, world_size=1):
+                 dtype=torch.float32, prefetch=2, timeout=None, rank=0, world_size=1, cache_mb=512):
         self.ds, self.bs, self.shuffle, self.n_workers, self.drop_last = ds, bs, shuffle, n_workers, drop_last
         self.seed, self.dtype, self.prefetch, self.timeout = seed, dtype, prefetch, timeout
         self.rank, self.world_size, self.epoch, self.workers = rank, world_size, 0, None
+        self.cache = _ItemCache(cache_mb * 2**20)  # used only for a dataset that says its items are `deterministic`
 
     def __len__(self): return shard_len(len(self.ds), self.bs, self.drop_last, self.rank, self.world_size)
 
@@ -228,8 +229,10 @@ class DataLoader:
 
     def batches(self, chunks):
         "The batches of the index lists `chunks`, loaded as an epoch's are (by the workers); the epoch count does not move"
+        once = self.raw and self.cache.max_bytes > 0 and getattr(self.ds, 'deterministic', False) is True
         try:
-            for b in self._list(chunks): yield _unpack(b, self.dtype) if self.raw else b
+            for b in self.cache.packed(self.ds, chunks, self._list) if once else self._list(chunks):
+                yield _unpack(b, self.dtype) if self.raw else b
         except BaseException:  # break (GeneratorExit), an error, Ctrl-C: stop the workers, start clean next time
             self.close()
             raise
@@ -240,3 +243,37 @@ class DataLoader:
         "Stop the worker processes (the next iteration starts new ones)"
         if self.workers is not None: self.workers.close()
         self.workers = None
+
+# %% ../nbs/00a_workers.ipynb #c9352c38
+class _ItemCache:
+    "Up to `max_bytes` of pixels of decoded items: index -> (pixel bytes, label, (height, width, channels))"
+    def __init__(self, max_bytes): self.max_bytes, self.nbytes, self.items, self.key = max_bytes, 0, {}, None
+    def __len__(self): return len(self.items)
+    def clear(self): self.items.clear(); self.nbytes = 0
+
+    def packed(self, ds, chunks, load):
+        "The `_pack`ed batches of `chunks` of `ds`: items from here, the others loaded by `load(index lists)` and kept while there is room"
+        key = (ds, getattr(ds, 'fns', None), getattr(ds, 'size', None), len(ds))
+        if self.key is None or any(a is not b for a, b in zip(key[:2], self.key[:2])) or key[2:] != self.key[2:]:
+            self.clear(); self.key = key
+        todo = [[i for i in c if i not in self.items] for c in chunks]
+        loaded = iter(load([t for t in todo if t]) if any(todo) else ())
+        for c, t in zip(chunks, todo): yield self._batch(c, self._add(t, next(loaded)) if t else {})
+
+    def _add(self, idxs, packed):
+        "The items of the `_pack`ed batch of `idxs`, keeping those that fit"
+        buf, ys, (_, h, w, ch) = packed
+        sz, mv, new = h * w * ch, memoryview(buf), {}
+        for k, (i, y) in enumerate(zip(idxs, ys)):
+            new[i] = (mv[k * sz:(k + 1) * sz], y, (h, w, ch))
+            if i not in self.items and self.nbytes + sz <= self.max_bytes:
+                self.items[i] = (bytes(new[i][0]), y, (h, w, ch)); self.nbytes += sz
+        return new
+
+    def _batch(self, idxs, new):
+        "The `_pack`ed batch of `idxs`, from `new` items or kept ones"
+        items = [new[i] if i in new else self.items[i] for i in idxs]
+        shape = items[0][2]
+        for _, _, s in items:
+            if s != shape: raise ValueError(f'items differ in size or mode: {s} and {shape} (height, width, channels)')
+        return bytearray().join(b for b, _, _ in items), [y for _, y, _ in items], (len(items), *shape)
