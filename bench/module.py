@@ -5,8 +5,9 @@ layers, and of the same architectures in torch.nn with the same weights and inpu
 against nn.BatchNorm2d; resnet_small and the batch norms again in the channels-last memory format (rows
 marked `CL`), the layout minifastai-train uses; then our resnet_small's training step at the CPU recipe's
 shape (batch 128, 56px) in channels-last against NCHW; then our xresnet50's step (channels-last) with our
-batch norm kernel against PyTorch's fused one (`BatchNorm(fused=True)`, what a GPU gets), with the number of
-operations that do work (kernels, on a GPU) each step issues. "Ours" is always our own batch norm code
+batch norm kernel against PyTorch's fused one (`BatchNorm(fused=True)`, what `minifastai-train --bn auto`
+takes), with the number of operations that do work (kernels, on a GPU) each step issues; and the same for the
+command's default network, resnet_small_d, at batch 64 and 32 and 80 pixels. "Ours" is always our own batch norm code
 (`fused=False`), on a GPU too. Timings are interleaved (ours, torch, torch, ours,
 ...): we report the median time of each and the median of the per-rep ratios, so that noise from other
 processes hits both sides alike.
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from minifastai.layers import simple_cnn, resnet_small, resnet18, xresnet50, BatchNorm, OpCounter, set_bn_kernel
+from minifastai.resnet import resnet_small_d
 
 def torch_simple_cnn(n_out=10):
     convs = [m for ni, nf in [(3, 16), (16, 32), (32, 64), (64, 128)] for m in (nn.Conv2d(ni, nf, 3, 2, 1), nn.ReLU(inplace=True))]
@@ -115,9 +117,9 @@ def bench_layout(bs, size, dev, reps, iters):
     x, y = torch.randn(bs, 3, size, size, device=dev), torch.randint(0, 10, (bs,), device=dev)
     return timeit(step_fn(cl, x.contiguous(memory_format=CL), y), step_fn(nchw, x, y), dev, reps, iters)
 
-def bench_bn_kernel(bs, size, dev, reps, iters):
-    "Our xresnet50's training step in channels-last with our batch norm kernel and with PyTorch's: times and operations per step"
-    ours, fused = xresnet50(10), xresnet50(10)
+def bench_bn_kernel(bs, size, dev, reps, iters, arch=xresnet50):
+    "Our `arch`'s training step in channels-last with our batch norm kernel and with PyTorch's: times and operations per step"
+    ours, fused = arch(10), arch(10)
     fused.load_state_dict(ours.state_dict())
     ours, fused = (set_bn_kernel(m, f).to(dev).to(memory_format=CL) for m, f in ((ours, False), (fused, True)))
     x, y = torch.randn(bs, 3, size, size, device=dev).contiguous(memory_format=CL), torch.randint(0, 10, (bs,), device=dev)
@@ -161,5 +163,9 @@ def main():
     a, b, ratio, n_ours, n_fused = bench_bn_kernel(bs, size, dev, args.reps, 1)
     print(f'our xresnet50, training step, bs{bs} {size}px channels-last: our batch norm {a * 1e3:.1f} ms ({n_ours} operations), '
           f'PyTorch\'s fused batch norm {b * 1e3:.1f} ms ({n_fused} operations), ours/fused {ratio:.3f}')
+    for size in (32, 80):   # the command's default network, at its first and last training sizes (--bn auto takes the fused kernel)
+        a, b, ratio, *_ = bench_bn_kernel(64 * k, size, dev, args.reps, 1, arch=resnet_small_d)
+        print(f'our resnet_small_d (the default network), training step, bs{64 * k} {size}px channels-last: our batch norm '
+              f'{a * 1e3:.1f} ms, PyTorch\'s fused batch norm {b * 1e3:.1f} ms, ours/fused {ratio:.3f}')
 
 if __name__ == '__main__': main()

@@ -2,7 +2,7 @@
 
     python bench/predict.py RUN [--peer-python PY] [--latency-n N]
 
-RUN is a minifastai-train run folder of a `resnet_small` model (the default recipe's network), trained on
+RUN is a minifastai-train run folder of a `resnet_small_d` (the default recipe's network) or `resnet_small` model, trained on
 Imagenette-160; the images are its `val/` folder (3,925 images), through MINIFASTAI_MIRROR / MINIFASTAI_HOME.
 Rows, one after the other in one run on the same machine:
 - `minifastai-predict RUN val/`: the command, as a user runs it, timed from its start to its exit (Python start,
@@ -28,7 +28,7 @@ import torch
 from minifastai.data import URLs, untar_data, get_image_files, parent_label, DataLoader
 from minifastai.inference import load_learner, _Files
 sys.path.insert(0, str(Path(__file__).parent))
-from train import image_gflop, sgemm_gflops, TORCH_RESNET_SMALL   # bench/train.py: FLOP counter, sgemm roof, the torch.nn net
+from train import image_gflop, sgemm_gflops, TORCH_RESNET_SMALL, machine, save   # bench/train.py: FLOP counter, sgemm roof, the torch.nn net, results file
 
 FASTAI = r'''
 import json, statistics, sys, time
@@ -42,7 +42,7 @@ path, weights, size, decode_size, n_lat = sys.argv[1], sys.argv[2], int(sys.argv
 
 ''' + TORCH_RESNET_SMALL + r'''
 w = torch.load(weights)
-model = resnet_small(len(w['vocab']))
+model = resnet_small(len(w['vocab']), pool=w['arch'] == 'resnet_small_d')
 keys = [k for k in model.state_dict() if not k.endswith('num_batches_tracked')]
 assert [tuple(model.state_dict()[k].shape) for k in keys] == [tuple(t.shape) for t in w['tensors']], 'the networks differ'
 model.load_state_dict(dict(zip(keys, w['tensors'])), strict=False)
@@ -68,7 +68,7 @@ print(json.dumps({'secs': secs, 'n': len(files), 'acc': acc, 'latency': statisti
 def fastai_row(py, learn, path, n_lat):
     "fastai's `get_preds` and `predict` in a subprocess of `py` (None when fastai is not there)"
     fn = Path(os.environ.get('TMPDIR', '/tmp'))/f'bench-predict-{os.getpid()}.pt'
-    torch.save({'tensors': list(learn.model.state_dict().values()), 'vocab': learn.vocab,
+    torch.save({'tensors': list(learn.model.state_dict().values()), 'vocab': learn.vocab, 'arch': learn.arch['name'],
                 'stats': [s.tolist() for s in learn.prep.stats]}, fn)
     try:
         r = subprocess.run([py, '-c', FASTAI, str(path), str(fn), str(learn.prep.size), str(learn.prep.decode_size), str(n_lat)],
@@ -105,27 +105,16 @@ def latency(learn, files, n):
         t = time.perf_counter(); learn.predict(f); ts.append(time.perf_counter() - t)
     return statistics.median(ts[3:])
 
-def machine():
-    "The host in words: CPU model and cores"
-    cpu = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')), 'CPU') \
-        if Path('/proc/cpuinfo').exists() else 'CPU'
-    return f'{cpu}, {os.cpu_count()} cores, no GPU used, torch {torch.__version__}'
-
-def save(entry, fn=Path(__file__).parent/'results.json'):
-    "Replace this benchmark's entry in the results file `fn`"
-    res = json.loads(fn.read_text()) if fn.exists() else {}
-    res['bench/predict.py'] = entry
-    fn.write_text(json.dumps(res, indent=1, sort_keys=True) + '\n')
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('run', type=Path, help='a minifastai-train run folder of a resnet_small model')
+    p.add_argument('run', type=Path, help='a minifastai-train run folder of a resnet_small or resnet_small_d model')
     p.add_argument('--peer-python', default=sys.executable, help='a Python with fastai 2.8 (default: this one)')
     p.add_argument('--latency-n', type=int, default=50)
     a = p.parse_args()
     path = untar_data(URLs.IMAGENETTE_160)
     learn = load_learner(a.run)
-    assert learn.arch['name'] == 'resnet_small', f"the fastai peer's network is resnet_small, not {learn.arch['name']}"
+    arch = learn.arch['name']
+    assert arch in ('resnet_small', 'resnet_small_d'), f"the fastai peer's network is resnet_small or resnet_small_d, not {arch}"
     files = get_image_files(path/'val')
     n, rows = len(files), []
     secs, acc = ours_cli(a.run, path/'val')
@@ -145,8 +134,8 @@ def main():
     lat = latency(learn, files, a.latency_n)
     f = fastai_row(a.peer_python, learn, path, a.latency_n)
     if f: rows.append(('fastai 2.8: get_preds(dl=test_dl(files)) (model loaded)', f['secs'], f['acc']))
-    roof, gflop = sgemm_gflops(), n * image_gflop('resnet_small', learn.prep.size, False)
-    print(f'\n{n} images of Imagenette-160 val/, resnet_small at {learn.prep.size}px ({gflop:.0f} GFLOP of forward passes); '
+    roof, gflop = sgemm_gflops(), n * image_gflop(arch, learn.prep.size, False)
+    print(f'\n{n} images of Imagenette-160 val/, {arch} at {learn.prep.size}px ({gflop:.0f} GFLOP of forward passes); '
           f'{os.cpu_count()} CPU cores, torch {torch.__version__}, float32 sgemm {roof:.0f} GFLOPS')
     print(f"{'':<62} {'seconds':>8} {'images/s':>9} {'accuracy':>9} {'GFLOPS':>7} {'of roof':>8} {'vs fastai':>10}")
     for name, s, acc in rows:
@@ -158,7 +147,7 @@ def main():
     if not f: return
     if abs(f['acc'] - rows[0][2]) > 0.005:
         print(f"fastai's accuracy differs from ours by {100 * abs(f['acc'] - rows[0][2]):.1f} points: its preprocessing differs")
-    save({'machine': machine(), 'date': time.strftime('%Y-%m-%d'), 'images': n, 'size': learn.prep.size,
+    save('bench/predict.py', {'machine': machine(), 'date': time.strftime('%Y-%m-%d'), 'images': n, 'size': learn.prep.size,
           'sgemm_gflops': round(roof, 1),
           'rows': [{'name': name, 'seconds': round(s, 2), 'images_per_s': round(n / s), 'accuracy': round(acc, 4),
                     'gflops': round(gflop / s, 1), 'of_roof': f'{gflop / s / roof:.0%}', 'speed_vs_fastai': f"{f['secs'] / s:.2f}x"} for name, s, acc in rows],

@@ -1,7 +1,7 @@
 """Training benchmarks for minifastai-train: wall time from raw JPEGs to the final valid accuracy.
 
     python bench/train.py cpu      # (a) the chapter's recipe, fast path vs plain path; (b) the 5-epoch and the default recipes
-    python bench/train.py default [--peer-python PY] [--seeds 0 1 2]   # the command's defaults against fastai's 5-epoch recipe
+    python bench/train.py default [--peer-python PY] [--seeds 0 1 2]   # the defaults against fastai (5 epochs; our recipe), the chapter's path
     python bench/train.py repro    # (d) two runs with the same seed give the same metrics
     python bench/train.py gpu --archive path/to/imagenette2-160.tgz [--budget S]   # (c) 128px, 5 epochs, vs plain PyTorch
     python bench/train.py gpu --smoke    # (c) on the CPU, on 16+8 images per class: checks this script
@@ -38,11 +38,16 @@ virtualenv of its own, made with the regular wheel:
     python bench/train.py peer --peer-python /tmp/fastai-venv/bin/python
 Without fastai there, the row is skipped with a line saying so.
 
-`default` runs fastai's 5-epoch recipe (for each of `--peer-seeds`, default 0), then minifastai-train with its
-defaults for each of `--seeds`, in the same run, and prints each row's GFLOP (training and validation passes,
-by torch's FLOP counter) and the GFLOPS it reached in training against the sgemm roof measured in the same
-run, then the mean accuracy and the ratios of total wall time and of CPU time (the process and its workers:
-other load on the machine inflates it less than wall time) to fastai's.
+`default` runs, one after the other in the same run: fastai's 5-epoch recipe and fastai given the default's own recipe
+(FASTAI_RECIPE: the same network in torch.nn, the same size each epoch, Ranger with the same betas and epsilon at the
+same rate on flat-cos, label smoothing, batch size, crops, and validation on every 4th image but in the last epoch),
+each for each of `--peer-seeds` (default 0); minifastai-train with its defaults for each of `--seeds`; and the
+chapter's path on our package against the chapter's own code (bench/chapter.py; `--no-chapter` skips it). It prints
+each row's GFLOP (training and validation passes, by torch's FLOP counter) and the GFLOPS it reached in training
+against the float32 and the bfloat16 sgemm roofs measured in the same run, then the default's mean accuracy, its
+ratios of total wall time and of CPU time (the process and its workers: other load on the machine inflates it less
+than wall time) to fastai's 5-epoch recipe, the engine's ratio to fastai on the same recipe, and the chapter's ratio.
+A complete run (fastai found, at least 3 seeds, the chapter's rows) writes its figures to bench/results.json.
 """
 import argparse, json, math, os, resource, subprocess, sys, tempfile, time
 from functools import lru_cache, partial
@@ -57,7 +62,7 @@ CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, opt='sgd', lr=0.1, bs=128, 
 CPU_RECIPES = {  # name: (arguments of minifastai-train, extra flags)
     '(a) chapter recipe, fast path': (CHAPTER | {'min-scale': 1.0}, []),
     '(a) chapter recipe, plain path': (CHAPTER, ['--no-fast']),
-    '(b) the 5-epoch recipe (fastai peer\'s)': (dict(arch='resnet_small', size=56, epochs=5, opt='adam', lr=3e-3, wd=0.01,
+    '(b) the 5-epoch recipe (fastai peer\'s)': (dict(arch='resnet_small', size=56, epochs=5, opt='adam', lr=3e-3, wd=0.01, bs=128, ls=0.1,
                                                     **{'min-scale': 0.5, 'resize-from': 56, 'valid-subset': 1}), []),
     '(b) the default recipe': ({}, []),
 }
@@ -125,13 +130,48 @@ def run_gflop(args, sizes, n_train, n_valid, n_validations=None):
     train = sum(n_train // bs * bs * image_gflop(arch, s, True, act) for s in sizes)
     return train + (len(sizes) if n_validations is None else n_validations) * n_valid * image_gflop(arch, args['size'], False, act)
 
-def sgemm_gflops(n=2048, secs=2.0):
-    "GFLOPS of torch's float32 n x n matrix product on this CPU, with torch's threads: the roof a training step is held to"
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sgemm_gflops(n=2048, secs=2.0, dtype=torch.float32):
+    "GFLOPS of torch's n x n matrix product in `dtype` on this CPU, with torch's threads: the roof a training step is held to"
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     k, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < secs: a @ b; k += 1
     return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
+
+def cpu_flags():
+    "The CPU's feature flags (Linux), or an empty set"
+    f = Path('/proc/cpuinfo')
+    return set(next((l.split(':', 1)[1].split() for l in f.read_text().splitlines() if l.startswith('flags')), [])) if f.exists() else set()
+
+def native_bf16():
+    "Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16)"
+    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})
+
+def cpu_name():
+    f = Path('/proc/cpuinfo')
+    return next((l.split(':', 1)[1].strip() for l in f.read_text().splitlines() if l.startswith('model name')), 'CPU') if f.exists() else 'CPU'
+
+def machine():
+    "The host in words: CPU model and cores"
+    return f'{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch {torch.__version__}'
+
+RESULTS = Path(__file__).parent/'results.json'   # the benchmarks' results file, which the book's figures come from
+
+def save(key, entry, fn=RESULTS):
+    "Replace the entry `key` in the results file `fn`"
+    res = json.loads(fn.read_text()) if fn.exists() else {}
+    res[key] = entry
+    fn.write_text(json.dumps(res, indent=1, sort_keys=True) + '\n')
+
+def chapter_rows():
+    "The chapter's run on our package and the chapter's own code: [(name, seconds, accuracy, time ratio)] (bench/chapter.py)"
+    sys.path.insert(0, str(Path(__file__).parent))
+    from chapter import chapter_rows as rows
+    return rows()
+
+def print_chapter(rows):
+    from chapter import print_rows
+    print_rows(rows)
 
 def n_images():
     "The number of training and validation images of Imagenette-160"
@@ -146,17 +186,20 @@ def with_gflop(m, counts):
     sizes, k = speed_plan(argparse.Namespace(**a))
     return m | {'gflop': run_gflop(a, sizes, *counts, n_validations=(len(sizes) - 1) * len(range(0, counts[1], k)) / counts[1] + 1)}
 
-def table(rows, ref=None, compared=None, roof=None):
-    "Print `rows`; with `ref` (a row), the total time of the `compared` rows (default: all others) as a ratio to `ref`'s; with `roof` (GFLOPS), each row's GFLOPS during training against it"
+_SHORT = {'float32': 'f32', 'bfloat16': 'bf16'}
+
+def table(rows, ref=None, compared=None, roofs=None):
+    "Print `rows`; with `ref` (a row), the total time of the `compared` rows (default: all others) as a ratio to `ref`'s; with `roofs` ({dtype: sgemm GFLOPS}), each row's GFLOPS during training against each"
+    roofs = roofs or {}
     print(f"\n{'recipe':<50} {'epochs':>6} {'decode s':>9} {'train s':>8} {'epoch s':>8} {'total s':>8} {'CPU s':>7} {'valid acc':>9}"
-          f" {'GFLOP':>7} {'GFLOPS':>6}" + (f" {'of roof':>7}" if roof else ''))
+          f" {'GFLOP':>7} {'GFLOPS':>6}" + ''.join(f" {'of ' + _SHORT.get(k, k) if len(roofs) > 1 else 'of roof':>7}" for k in roofs))
     for r in rows:
         r = list(r) + [float('nan')] * (9 - len(r))   # rows without a FLOP count (the plain PyTorch peer)
         shown = ref is not None and r[0] != ref[0] and (compared is None or any(r[0] == c[0] for c in compared))
         ratio = f'  {r[5] / ref[5]:.2f}x the time of {ref[0]}' if shown else ''
         gflops = r[8] / r[3]
         print(f'{r[0]:<50} {r[1]:>6} {r[2]:>9.1f} {r[3]:>8.1f} {r[4]:>8.2f} {r[5]:>8.1f} {r[6]:>7.1f} {r[7]:>9.4f}'
-              f' {r[8]:>7.0f} {gflops:>6.1f}' + (f' {gflops / roof:>7.0%}' if roof else '') + ratio)
+              f' {r[8]:>7.0f} {gflops:>6.1f}' + ''.join(f' {gflops / v:>7.0%}' for v in roofs.values()) + ratio)
 
 def cpu():
     "The chapter's recipe on the fast and the plain path, the 5-epoch recipe and the default, with their GFLOP against the sgemm roof"
@@ -164,38 +207,65 @@ def cpu():
     rows = [row(name, with_gflop(train(a, f), counts)) for name, (a, f) in CPU_RECIPES.items()]
     print(f'\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; '
           f'sgemm (2048x2048 float32) {roof:.1f} GFLOPS, measured in this run')
-    table(rows, ref=rows[1], compared=rows[:1], roof=roof)
+    table(rows, ref=rows[1], compared=rows[:1], roofs={'float32': roof})
     print("CPU s = CPU time of the process and its decoding workers, which other load on the machine inflates less than\n"
           "wall time; GFLOP = the training and validation passes, by torch's FLOP counter; GFLOPS = GFLOP / train s")
 
-def default(py, seeds, peer_seeds=(0,)):
-    "The default recipe for each of `seeds` against fastai's 5-epoch recipe (for each of `peer_seeds`), in the same run"
+def default(py, seeds, peer_seeds=(0,), chapter=True):
+    """The default recipe for each of `seeds` against fastai's 5-epoch recipe and against fastai given the default's own
+    recipe (each for each of `peer_seeds`), then the chapter's path on our package against the chapter's code (`chapter`),
+    all in the same run, with the float32 and bfloat16 sgemm roofs; writes its figures to bench/results.json"""
     from minifastai.data import untar_data, URLs
-    roof, counts, path = sgemm_gflops(), n_images(), untar_data(URLs.IMAGENETTE_160)
+    roofs, counts, path = {'float32': sgemm_gflops(), 'bfloat16': sgemm_gflops(dtype=torch.bfloat16)}, n_images(), untar_data(URLs.IMAGENETTE_160)
+    recipe = default_recipe()
     peer = [f for s in peer_seeds if (f := _fastai_run(py, path, s)) is not None]
     for s, f in zip(peer_seeds, peer): print(f'fastai 5-epoch recipe, seed {s}: {f}', flush=True)
+    same = [f for s in peer_seeds if peer and (f := _fastai_run(py, path, s, FASTAI_RECIPE, recipe)) is not None]
+    for s, f in zip(peer_seeds, same): print(f"fastai on the default's recipe, seed {s}: {f}", flush=True)
     ours = []
     for s in seeds:
         ours.append(with_gflop(train({'seed': s}), counts))
         print(f"minifastai-train seed {s}: valid acc {ours[-1]['epochs'][-1]['accuracy']:.4f}, {ours[-1]['time']['total_s']:.1f} s", flush=True)
-    print(f'\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; '
-          f'sgemm (2048x2048 float32) {roof:.1f} GFLOPS, measured in this run')
+    chap = chapter_rows() if chapter else []
+    print(f'\nCPU: {os.cpu_count()} cores ({cpu_name()}{", native bfloat16" if native_bf16() else ", no native bfloat16"}), '
+          f'torch {torch.__version__}, {torch.get_num_threads()} threads; sgemm (2048x2048) {roofs["float32"]:.1f} GFLOPS in float32, '
+          f'{roofs["bfloat16"]:.1f} in bfloat16, measured in this run')
     rows = [row(f'minifastai-train (defaults), seed {s}', m) for s, m in zip(seeds, ours)]
     if peer:
         fg = run_gflop(PEER_RECIPE | {'bs': 128}, [PEER_RECIPE['size']] * PEER_RECIPE['epochs'], *counts)
         rows += [[f'fastai 2.8, its 5-epoch recipe, seed {s}', 5, float('nan'), f['fit_s'], float('nan'), f['total_s'],
                   f.get('cpu_s', float('nan')), f['acc'], fg] for s, f in zip(peer_seeds, peer)]
-    table(rows, ref=rows[-1] if peer else None, compared=rows[:len(seeds)], roof=roof)
+        rows += [[f"fastai 2.8, the default's recipe, seed {s}", len(recipe['sizes']), float('nan'), f['fit_s'], float('nan'),
+                  f['total_s'], f.get('cpu_s', float('nan')), f['acc'], ours[0]['gflop']] for s, f in zip(peer_seeds, same)]
+    table(rows, ref=rows[len(seeds)] if peer else None, compared=rows[:len(seeds)], roofs=roofs)
+    mean = lambda xs: _stats(xs)[0]
     acc, sd = _stats([m['epochs'][-1]['accuracy'] for m in ours])
-    t = _stats([m['time']['total_s'] for m in ours])[0]
-    line = f'the default: mean valid accuracy {acc:.4f} (sd {sd:.4f}, {len(seeds)} seeds), mean total {t:.1f} s'
+    t, c = mean([m['time']['total_s'] for m in ours]), mean([m['cpu_s'] for m in ours])
+    res = {'machine': machine(), 'date': time.strftime('%Y-%m-%d'), 'seeds': list(seeds),
+           'sgemm_gflops': {k: round(v, 1) for k, v in roofs.items()},
+           'rows': [{'name': r[0], 'total_s': round(r[5], 1), 'accuracy': round(r[7], 4), 'gflops': round(r[8] / r[3], 1),
+                     'of_float32_roof': f"{r[8] / r[3] / roofs['float32']:.0%}", 'of_bfloat16_roof': f"{r[8] / r[3] / roofs['bfloat16']:.0%}"}
+                    for r in rows],
+           'default': {'mean_accuracy': round(acc, 4), 'sd': round(sd, 4), 'mean_total_s': round(t, 1)}}
+    print(f'the default: mean valid accuracy {acc:.4f} (sd {sd:.4f}, {len(seeds)} seeds), mean total {t:.1f} s')
     if peer:
-        tp = _stats([f['total_s'] for f in peer])[0]
-        line += f", {t / tp:.2f}x the total time of fastai's 5-epoch recipe ({tp:.1f} s, {len(peer)} run(s))"
-        c, cp = _stats([m['cpu_s'] for m in ours])[0], _stats([f.get('cpu_s', float('nan')) for f in peer])[0]
-        line += f'; CPU time {c / cp:.2f}x'
-    print(line)
+        tp, a5 = mean([f['total_s'] for f in peer]), mean([f['acc'] for f in peer])
+        res['vs_fastai_5_epochs'] = {'time': f'{t / tp:.2f}x', 'cpu_time': f"{c / mean([f.get('cpu_s', float('nan')) for f in peer]):.2f}x",
+                                     'points': round(100 * (acc - a5), 2)}
+        print(f"  against fastai's 5-epoch recipe ({tp:.1f} s, {a5:.4f}, {len(peer)} run(s)): {res['vs_fastai_5_epochs']['time']} "
+              f"its total time, CPU time {res['vs_fastai_5_epochs']['cpu_time']}, {100 * (acc - a5):+.2f} points")
+    if same:
+        ts, as_ = mean([f['total_s'] for f in same]), mean([f['acc'] for f in same])
+        res['vs_fastai_same_recipe'] = {'time': f'{t / ts:.2f}x', 'points': round(100 * (acc - as_), 2)}
+        print(f"  the engine, against fastai on the default's own recipe ({ts:.1f} s, {as_:.4f}, {len(same)} run(s)): "
+              f"{res['vs_fastai_same_recipe']['time']} its total time, {100 * (acc - as_):+.2f} points (goal: at most 0.5x, within 0.5 points)")
+    if chap:
+        print(); print_chapter(chap)
+        res['chapter'] = {'rows': [{'name': n, 'total_s': round(t_, 1), 'accuracy': round(a, 4), 'time': f'{r:.2f}x'} for n, t_, a, r in chap],
+                          'time': f'{chap[0][3]:.2f}x'}
+        print(f"  the chapter's path on minifastai: {res['chapter']['time']} the time of the chapter's code (goal: at most 0.5x)")
     if not peer: print(f'fastai rows skipped: fastai is not importable by {py} (see this script\'s docstring for the peer virtualenv)')
+    elif len(seeds) >= 3 and chap: save('bench/train.py default', res)   # only a complete run replaces the stored figures
 
 def repro():
     a = dict(CHAPTER, epochs=2)
@@ -314,8 +384,8 @@ def gpu(archive, smoke=False, budget=None):
     print('targets: >= 0.85 at 128px in 5 epochs, in under 30 s in all; the leaderboard\'s 5-epoch record: 0.8743')
 
 # --- the fastai peer (CPU) ----------------------------------------------------------------------------
-# resnet_small (02b) written in torch.nn, with the same initialisation rules: the network fastai trains here, and
-# the one bench/predict.py loads our weights into (its tensors in the order of our state dict)
+# resnet_small and resnet_small_d (02b) written in torch.nn, with the same initialisation rules: the networks fastai
+# trains here, and the ones bench/predict.py loads our weights into (their tensors in the order of our state dict)
 TORCH_RESNET_SMALL = r"""
 def conv(ni, nf, stride=1, ks=3, act=True):
     c = nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False)
@@ -323,16 +393,17 @@ def conv(ni, nf, stride=1, ks=3, act=True):
     return nn.Sequential(c, nn.BatchNorm2d(nf), *([nn.ReLU(inplace=True)] if act else []))
 
 class ResBlock(nn.Module):
-    def __init__(self, ni, nf, stride):
+    def __init__(self, ni, nf, stride, pool=False):   # pool: ResNet-D's shortcut (average pooling, then the 1x1 conv)
         super().__init__()
         self.convs = nn.Sequential(conv(ni, nf, stride), conv(nf, nf, act=False))
         nn.init.zeros_(self.convs[-1][1].weight)
-        self.idconv = conv(ni, nf, stride, ks=1, act=False)
+        self.idconv = (nn.Sequential(nn.AvgPool2d(stride, ceil_mode=True), conv(ni, nf, ks=1, act=False)) if pool
+                       else conv(ni, nf, stride, ks=1, act=False))
     def forward(self, x): return F.relu(self.convs(x) + self.idconv(x))
 
-def resnet_small(n_out=10):
+def resnet_small(n_out=10, pool=False):   # pool: resnet_small_d
     lin = nn.Linear(256, n_out); nn.init.xavier_normal_(lin.weight); nn.init.zeros_(lin.bias)
-    return nn.Sequential(conv(3, 32, 2), ResBlock(32, 64, 2), ResBlock(64, 128, 2), ResBlock(128, 256, 2),
+    return nn.Sequential(conv(3, 32, 2), *[ResBlock(ni, nf, 2, pool) for ni, nf in [(32, 64), (64, 128), (128, 256)]],
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin)
 
 """
@@ -359,10 +430,63 @@ cpu_s = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime for 
 print(json.dumps({'acc': float(learn.recorder.values[-1][2]), 'fit_s': time.time() - t0, 'total_s': time.time() - t_start, 'cpu_s': cpu_s}))
 """
 
-def _fastai_run(py, path, seed):
-    "One fastai run of the 5-epoch recipe in a subprocess of `py`: its accuracy, fit and total seconds (None: no fastai there)"
+# fastai trains the default's own recipe: the same network, the same training size each epoch (a callback swaps the
+# training loader), Ranger with the default's betas and epsilon at 3e-2 on fastai's flat-cos, label smoothing 0.1, bs 128,
+# random resized crops of at least half the image with flips, validation at the last size on a centre crop, every
+# epoch but the last on every 4th validation image (as `ValidSubset`)
+FASTAI_RECIPE = r"""
+import json, sys, time
+t_start = time.time()
+from functools import partial
+import torch
+from torch import nn
+import torch.nn.functional as F
+from fastai.vision.all import (ImageDataLoaders, DataLoaders, RandomResizedCrop, Flip, Normalize, imagenet_stats, Learner,
+                               ranger, accuracy, LabelSmoothingCrossEntropy, Callback, set_seed)
+path, seed, r = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+
+""" + TORCH_RESNET_SMALL + r"""
+set_seed(seed)
+def loaders(size):
+    return ImageDataLoaders.from_folder(path, train='train', valid='val', bs=r['bs'], num_workers=2,
+                                        item_tfms=RandomResizedCrop(size, min_scale=r['min_scale']),
+                                        batch_tfms=[Flip(), Normalize.from_stats(*imagenet_stats)])
+dls = {s: loaders(s) for s in sorted(set(r['sizes']))}
+last = dls[r['size']]
+quarter = last.test_dl(last.valid_ds.items[::r['k']], with_labels=True)
+
+class Sizes(Callback):
+    "Before each epoch: the training loader of its size; validation on every k-th image but in the last epoch"
+    order = -20
+    def before_epoch(self):
+        last_epoch = self.epoch == self.n_epoch - 1
+        self.learn.dls = DataLoaders(dls[r['sizes'][self.epoch]].train, last.valid if last_epoch else quarter)
+
+learn = Learner(last, resnet_small(pool=r['arch'] == 'resnet_small_d'), loss_func=LabelSmoothingCrossEntropy(r['ls']), wd=r['wd'], metrics=accuracy,
+                opt_func=partial(ranger, mom=r['mom'], sqr_mom=r['sqr_mom'], eps=r['eps']), cbs=Sizes())
+t0 = time.time()
+with learn.no_bar(), learn.no_logging(): learn.fit_flat_cos(len(r['sizes']), r['lr'])
+import resource
+cpu_s = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({'acc': float(learn.recorder.values[-1][2]), 'fit_s': time.time() - t0, 'total_s': time.time() - t_start,
+                  'cpu_s': cpu_s, 'n_valid': len(learn.dls.valid.dataset)}))
+"""
+
+def default_recipe():
+    "The default recipe, as FASTAI_RECIPE takes it: minifastai-train's defaults, completed by `_check`, and their sizes"
+    from minifastai.train import get_parser, _check
+    p = get_parser(); a = p.parse_args([]); _check(p, a)
+    assert a.arch in ('resnet_small', 'resnet_small_d') and (a.opt, a.sched, a.mixup, a.act) == ('ranger', 'flat-cos', 0, 'relu'), \
+        'FASTAI_RECIPE trains resnet_small or resnet_small_d with Ranger on flat-cos, without Mixup, with ReLU'
+    from minifastai.train import speed_plan
+    sizes, k = speed_plan(a)
+    return dict(arch=a.arch, sizes=sizes, k=k, size=a.size, bs=a.bs, lr=a.lr, wd=a.wd, mom=a.mom, sqr_mom=a.sqr_mom, eps=a.eps, ls=a.ls,
+                min_scale=a.min_scale)
+
+def _fastai_run(py, path, seed, script=None, recipe=None):
+    "One fastai run in a subprocess of `py` (`script`, default: the 5-epoch recipe; `recipe`: its settings as JSON): its accuracy, fit and total seconds (None: no fastai there)"
     import subprocess
-    r = subprocess.run([py, '-c', FASTAI_PEER, str(path), str(seed)], capture_output=True, text=True)
+    r = subprocess.run([py, '-c', script or FASTAI_PEER, str(path), str(seed), json.dumps(recipe or {})], capture_output=True, text=True)
     if r.returncode: 
         if 'No module named' in r.stderr and 'fastai' in r.stderr: return None
         raise RuntimeError(f'the fastai peer failed:\n{r.stderr[-2000:]}')
@@ -425,12 +549,13 @@ if __name__ == '__main__':
     p.add_argument('--peer-seeds', type=int, nargs='+', default=[0], help="default: the seeds of fastai's runs")
     p.add_argument('--archive', default='data/imagenette2-160.tgz', help='gpu: imagenette2-160.tgz (or -128)')
     p.add_argument('--budget', type=float, default=None, help='gpu: start no recipe after this many seconds (the peer still runs)')
+    p.add_argument('--no-chapter', action='store_true', help="default: skip the chapter's rows (bench/chapter.py)")
     p.add_argument('--smoke', action='store_true', help='gpu: run on the CPU, on a few images, to check the script')
     a = p.parse_args()
     for w in a.what:
         if w == 'gpu': gpu(a.archive, a.smoke, a.budget)
         elif w == 'peer': fastai_peer(a.peer_python, a.seeds)
-        elif w == 'default': default(a.peer_python, a.seeds, a.peer_seeds)
+        elif w == 'default': default(a.peer_python, a.seeds, a.peer_seeds, chapter=not a.no_chapter)
         elif w == 'quality': quality(a.seeds)
         elif w == '_torch_peer':
             path, epochs, kw = json.loads(a.peer_args)

@@ -1,0 +1,124 @@
+"""The default recipe's levers toward 85% on 2 CPU cores: each lever trained by the real command, for each seed.
+
+    python bench/levers.py LEVER[:SEED] ...      # e.g. bs64:0 bs64:1 se:0; a lever alone means seed 0
+    python bench/levers.py --list                # the levers, and the runs stored for each
+    python bench/levers.py --table               # the stored runs: each lever's mean accuracy over its seeds
+
+Each run is `minifastai.train.main` with the base recipe's arguments (`BASE`) plus the lever's, into a temporary folder, one
+after the other in this process; its last epoch's validation accuracy and its total time are stored under
+"bench/levers.py" in bench/results.json as soon as it ends (a lever and seed run again replaces its entry). Times
+depend on the machine and on its load: read a lever's cost from its FLOPs (09a_recipes prints them), its time only
+beside a base run of the same session. A network that is not in the package (`resnet_small` with squeeze-and-excitation)
+is registered in the command's `ARCHS` under its own name here, and weight averaging is a callback given to the command, so every lever runs through the same command.
+"""
+import argparse, contextlib, io, json, sys, tempfile, time
+from pathlib import Path
+
+import torch
+import minifastai.train as T
+from minifastai.resnet import ResBlock, SEModule
+from minifastai.layers import ConvLayer, Linear, Sequential, AdaptivePool, activate
+from minifastai.loop import Callback
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train import machine, save, RESULTS   # bench/train.py: the host in words, the results file
+
+class SEResBlock(ResBlock):
+    "`ResBlock` with squeeze-and-excitation on its residual branch, before the sum"
+    def __init__(self, ni, nf, stride=1, act=True, reduction=16):
+        super().__init__(ni, nf, stride, act)
+        self.se = SEModule(nf, reduction, act)
+    def forward(self, x):
+        res = self.se(self.convs(x))
+        res += x if self.idconv is None else self.idconv(x)
+        return activate(res, self.act)
+
+def small_net(block, widths=(32, 64, 128, 256)):
+    "`resnet_small`'s layout (a stride-2 stem conv, then one `block` per halving) with another block or widths"
+    def net(n_out=10, act=True):
+        w = widths
+        return Sequential(ConvLayer(3, w[0], stride=2, bias=False, bn=True, act=act),
+                          *[block(a, b, 2, act) for a, b in zip(w[:-1], w[1:])], AdaptivePool(), Linear(w[-1], n_out))
+    return net
+
+class WeightAverage(Callback):
+    "An exponential moving average of the weights (and batch norm statistics) over the last `last` of training, validated in the last epoch"
+    order = 100
+    def __init__(self, beta=0.99, last=0.25): self.beta, self.last = beta, last
+    def before_fit(self): self.avg = None
+    def after_step(self):
+        if (self.epoch + self.num / len(self.dl)) / self.n_epochs < 1 - self.last: return
+        state = list(self.learn.model.state_dict().values())
+        with torch.no_grad():
+            if self.avg is None: self.avg = [t.detach().clone() for t in state]
+            else:
+                for a, t in zip(self.avg, state): a.lerp_(t, 1 - self.beta) if t.is_floating_point() else a.copy_(t)
+    def before_epoch(self):
+        if not self.learn.training and self.epoch == self.n_epochs - 1 and self.avg is not None:
+            with torch.no_grad():
+                for a, t in zip(self.avg, self.learn.model.state_dict().values()): t.copy_(a)
+
+NETS = {'resnet_small_se': small_net(SEResBlock)}
+# The recipe every lever is measured against, spelt out so that its runs stay comparable whatever the command's
+# defaults become: resnet_small, 10 epochs from 32 to 80 pixels, Ranger 3e-2 flat-cos, wd 0.01, bs 128, label
+# smoothing 0.1, crops of at least half the image, our own batch norm kernel
+BASE = ['--arch', 'resnet_small', '--epochs', '10', '--size', '80', '--resize-from', '32', '--opt', 'ranger', '--lr', '0.03',
+        '--wd', '0.01', '--bs', '128', '--ls', '0.1', '--min-scale', '0.5', '--bn', 'ours']
+LEVERS = {   # name: (what it changes, the command's arguments on top of BASE, callbacks)
+    'base': ('the base recipe', [], None),
+    'bs64': ('batches of 64', ['--bs', '64'], None),
+    'ls0.2': ('label smoothing 0.2', ['--ls', '0.2'], None),
+    'se': ('squeeze-and-excitation in each block', ['--arch', 'resnet_small_se'], None),
+    'resnetd': ("ResNet-D's average-pooled shortcuts", ['--arch', 'resnet_small_d'], None),
+    'ms0.35': ('random crops of at least 35% of the image', ['--min-scale', '0.35'], None),
+    'lr6e-2': ('Ranger at 6e-2', ['--lr', '0.06'], None),
+    'wd0.1': ('weight decay 0.1', ['--wd', '0.1'], None),
+    'd-bs64-ls0.2': ("ResNet-D's shortcuts, batches of 64, label smoothing 0.2", ['--arch', 'resnet_small_d', '--bs', '64', '--ls', '0.2'], None),
+    'e12': ('12 epochs', ['--epochs', '12'], None),
+    'ema': ('an average of the weights over the last quarter', [], lambda: [WeightAverage()]),
+}
+
+def stored():
+    return json.loads(RESULTS.read_text()).get('bench/levers.py', {}).get('runs', {}) if RESULTS.exists() else {}
+
+def run(name, seed):
+    "Train lever `name` with `seed` by the command; store and return its accuracy and times"
+    what, argv, cbs = LEVERS[name]
+    T.ARCHS.update(NETS)
+    with tempfile.TemporaryDirectory() as d:
+        with contextlib.redirect_stdout(io.StringIO()):
+            T.main(BASE + argv + ['--seed', str(seed), '--out', f'{d}/run'], cbs=cbs() if cbs else (), bars=False)
+        m = json.loads(Path(d, 'run', 'metrics.json').read_text())
+    r = {'accuracy': round(m['epochs'][-1]['accuracy'], 4), 'total_s': round(m['time']['total_s'], 1),
+         'date': time.strftime('%Y-%m-%d %H:%M')}
+    runs = stored(); runs.setdefault(name, {})[str(seed)] = r
+    save('bench/levers.py', {'machine': machine(), 'date': time.strftime('%Y-%m-%d'), 'runs': runs,
+                             'levers': {k: v[0] for k, v in LEVERS.items()}})
+    return r
+
+def table(kept=None):
+    "Each stored lever's accuracy by seed and its mean, and its mean difference from the base recipe on the same seeds; `kept`: {lever: 'kept' or 'dropped'}, a column"
+    runs, kept = stored(), kept or {}
+    base = runs.get('base', {})
+    print(f"{'lever':<58} " + (f"{'default':<8} " if kept else '') + f"{'mean acc':>8} {'vs base':>8}   by seed")
+    for name, (what, _, _) in LEVERS.items():
+        rs = runs.get(name)
+        if not rs: continue
+        acc = sum(r['accuracy'] for r in rs.values()) / len(rs)
+        same = [s for s in rs if s in base]
+        d = sum(rs[s]['accuracy'] - base[s]['accuracy'] for s in same) / len(same) if same and name != 'base' else None
+        print(f"{what:<58} " + (f"{kept.get(name, ''):<8} " if kept else '') + f"{acc:>8.4f} "
+              f"{'' if d is None else f'{100 * d:+.2f}':>8}   " + '  '.join(f"{s}: {r['accuracy']:.4f}" for s, r in sorted(rs.items())))
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('runs', nargs='*', metavar='LEVER[:SEED]')
+    p.add_argument('--list', action='store_true'); p.add_argument('--table', action='store_true')
+    a = p.parse_args()
+    for spec in a.runs:
+        name, _, seed = spec.partition(':')
+        if name not in LEVERS: p.error(f'unknown lever {name!r}: one of {", ".join(LEVERS)}')
+        print(name, seed or 0, run(name, int(seed or 0)), flush=True)
+    if a.list:
+        for k, (what, argv, cbs) in LEVERS.items(): print(f'{k:<10} {what:<45} {" ".join(argv)}{" + callback" if cbs else ""}  seeds stored: {sorted(stored().get(k, {}))}')
+    if a.table or not (a.runs or a.list): table()
