@@ -23,6 +23,7 @@ from .data import URLs, untar_data, get_image_files, parent_label, Dataset, Data
     atomic_write, default_device, remove_leftovers, empty_folders
 from .xse_resnext import xse_resnext50
 from .layers import simple_cnn, resnet_small, resnet18, xresnet50, mininet, set_bn_kernel
+from .resnet import resnet_small_d
 from .loss import cross_entropy
 from .learner import Learner, Callback, SGD, SetupLearnerCB, Recorder, ProgressCB, FiniteCheckCB, \
     NonFiniteLossError, accuracy, read_checkpoint, write_checkpoint
@@ -89,8 +90,8 @@ def load_data(args, device, decode=decode_cache):
     return dls, len(v2i)
 
 # %% ../nbs/09_train.ipynb #03dad0a6
-ARCHS = {'simple_cnn': simple_cnn, 'resnet_small': resnet_small, 'resnet18': resnet18, 'xresnet50': xresnet50, 'mininet': mininet,
-         'xse_resnext50': xse_resnext50}
+ARCHS = {'simple_cnn': simple_cnn, 'resnet_small': resnet_small, 'resnet_small_d': resnet_small_d, 'resnet18': resnet18,
+         'xresnet50': xresnet50, 'mininet': mininet, 'xse_resnext50': xse_resnext50}
 OPTS = {'adam': Adam, 'sgd': SGD, 'radam': RAdam, 'ranger': Ranger, 'sf-adam': AdamWScheduleFree, 'sf-sgd': SGDScheduleFree}
 OPT_DEFAULTS = {'adam': dict(lr=3e-3, wd=0.01, sched='one-cycle'), 'sgd': dict(lr=0.2, wd=5e-4, sched='one-cycle'),
                 'radam': dict(lr=3e-3, wd=0.01, sched='one-cycle'), 'ranger': dict(lr=3e-2, wd=0.01, sched='flat-cos'),
@@ -101,7 +102,7 @@ def schedule_free(opt):
     "Whether the optimizer named `opt` is schedule-free (trained without `OneCycle`, with a warmup of half an epoch)"
     return opt.startswith('sf-')
 
-BN_KERNELS = {'auto': None, 'ours': False, 'torch': True}   # --bn: the `fused` of every `BatchNorm`
+BN_KERNELS = {'auto': True, 'ours': False, 'torch': True}   # --bn: the `fused` of every `BatchNorm` (auto: PyTorch's kernel)
 ACTS = {'relu': True, 'mish': F.mish}                       # --act: the `act` of the networks (02)
 
 def make_model(args, n_out):
@@ -434,7 +435,7 @@ def _lr(s):
 def _recipe_args(p):
     "Add the recipe's options to the parser `p`: network, images, epochs, optimizer and its hyper-parameters, schedule, augmentation"
     a, pos, nonneg = p.add_argument, partial(_number, lo=0), partial(_number, lo=0, inclusive=True)
-    a('--arch', choices=list(ARCHS), default='resnet_small', help='model (default: %(default)s)')
+    a('--arch', choices=list(ARCHS), default='resnet_small_d', help='model (default: %(default)s)')
     a('--size', type=pos(int, hi=1024, hi_inclusive=True), default=80, help="image size in pixels of the last epochs' training and "
       "of validation, at most 1024 (default: %(default)s)")
     a('--epochs', type=pos(int), default=10, help='(default: %(default)s)')
@@ -453,9 +454,9 @@ def _recipe_args(p):
     a('--lr', type=_lr, default=None, help="peak learning rate of the schedule (the learning rate of a schedule-free "
       "optimizer), or 'find' (default: 0.03 with ranger, measured on the default network and size: the GPU recipes take 8e-3 "
       "to 1e-2 with bigger networks; 0.003 with adam, radam and sf-adam, 0.2 with sgd, 1.0 with sf-sgd)")
-    a('--bs', type=pos(int), default=128, help='batch size; under torchrun, of all processes together (default: %(default)s)')
+    a('--bs', type=pos(int), default=64, help='batch size; under torchrun, of all processes together (default: %(default)s)')
     a('--mixup', type=nonneg(float), default=0., metavar='ALPHA', help='Mixup with Beta(ALPHA, ALPHA); 0: off (default)')
-    a('--ls', type=nonneg(float, hi=1), default=0.1, help='label smoothing, from 0 to below 1 (default: %(default)s)')
+    a('--ls', type=nonneg(float, hi=1), default=0.2, help='label smoothing, from 0 to below 1 (default: %(default)s)')
     a('--wd', type=nonneg(float), default=None, help='weight decay (default: 0.01 with ranger, adam, radam and sf-adam, where it is '
       'decoupled; 5e-4 with sgd and sf-sgd)')
     a('--mom', type=nonneg(float, hi=1), default=0.9, help="momentum: SGD's, and the first beta (beta1) of adam, radam and ranger; "
@@ -468,8 +469,8 @@ def _recipe_args(p):
     a('--valid-crop', type=pos(float, hi=1, hi_inclusive=True), default=0.875, help='validation images: the centre crop of this fraction '
       'of their side, resized to --size; 1: the whole image (default: %(default)s; the fast path only)')
     a('--act', choices=list(ACTS), default='relu', help='activation of the network: ReLU (default) or Mish')
-    a('--bn', choices=list(BN_KERNELS), default='auto', help="batch norm's kernel: PyTorch's fused one on a GPU (2 kernels a "
-      "layer against our 31) and our own on a CPU (within about 5 percent there) (auto, the default), or either on any device; "
+    a('--bn', choices=list(BN_KERNELS), default='auto', help="batch norm's kernel: PyTorch's fused one (auto, the default: on a GPU 2 "
+      "kernels a layer against our 31, and faster on a CPU too), or our own (ours), on any device; "
       "under torchrun with --sync-bn, SyncBatchNorm's kernel")
 
 # %% ../nbs/09_train.ipynb #7f3dfca0
@@ -487,7 +488,7 @@ def get_parser():
     a('--out', type=Path, default=None, help='output folder (default: runs/<date>-<time>)')
     a('--resume', type=Path, default=None, metavar='DIR', help='continue the interrupted run saved in DIR (with its arguments)')
     a('--fast', action=argparse.BooleanOptionalAction, default=True,
-      help='decode once into a cache and augment on the device (default), or decode every epoch without augmentation')
+      help='decode once into a cache and augment on the device (default), or the plain loaders of 00_data (no augmentation)')
     a('--channels-last', action=argparse.BooleanOptionalAction, default=True,
       help='keep images and activations in channels-last memory (default; faster convolutions), or in NCHW order')
     a('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
