@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 from minifastai.train import main
 from minifastai.data import extract_archive
+from minifastai.fastpath import native_bf16   # whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)
 
 CHAPTER = dict(arch='simple_cnn', size=64, epochs=8, opt='sgd', lr=0.1, bs=128, mom=0.9, wd=0, ls=0,  # + momentum (cycled)
                **{'resize-from': 64, 'valid-subset': 1})   # every epoch at 64px, validated on every image
@@ -137,15 +138,6 @@ def sgemm_gflops(n=2048, secs=2.0, dtype=torch.float32):
     k, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < secs: a @ b; k += 1
     return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
-
-def cpu_flags():
-    "The CPU's feature flags (Linux), or an empty set"
-    f = Path('/proc/cpuinfo')
-    return set(next((l.split(':', 1)[1].split() for l in f.read_text().splitlines() if l.startswith('flags')), [])) if f.exists() else set()
-
-def native_bf16():
-    "Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16)"
-    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})
 
 def cpu_name():
     f = Path('/proc/cpuinfo')

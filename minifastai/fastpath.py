@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['decode_cache', 'cache_size', 'center_crop', 'valid_size', 'crop_thetas', 'crop_grid', 'affine_crop', 'epoch_seed',
-           'DeviceLoader', 'CachedDataLoaders', 'cache_stats', 'cached_dls', 'MixedPrecisionCB', 'ChannelsLastCB',
-           'keep_freed_memory']
+           'DeviceLoader', 'CachedDataLoaders', 'cache_stats', 'cached_dls', 'native_bf16', 'MixedPrecisionCB',
+           'ChannelsLastCB', 'keep_freed_memory']
 
 # %% ../nbs/08_fastpath.ipynb #89715961
 import ctypes, math, os, platform
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -167,14 +168,22 @@ def cached_dls(train_fns, valid_fns, v2i, size, bs=128, n_workers=None, device=N
     return dls
 
 # %% ../nbs/08_fastpath.ipynb #718f051c
+def native_bf16(cpuinfo='/proc/cpuinfo'):
+    "Whether this CPU computes bfloat16 natively (its flags, read from Linux's `cpuinfo`, name AVX512-BF16 or AMX-BF16)"
+    try: text = Path(cpuinfo).read_text()
+    except OSError: return False   # not Linux: no flags to read, so no claim
+    flags = {f for l in text.splitlines() if l.startswith('flags') for f in l.partition(':')[2].split()}
+    return bool(flags & {'avx512_bf16', 'amx_bf16'})
+
 class MixedPrecisionCB(Callback):
-    "bf16 autocast around the model's forward pass on CUDA; a no-op on other devices"
+    "bf16 autocast around the model's forward pass on CUDA, and on the CPU if `cpu`; a no-op on other devices"
     order = 10
-    def __init__(self): self.ctx = None
+    def __init__(self, cpu=False): self.ctx, self.cpu = None, cpu
 
     def before_batch(self):
-        if self.batch[0].device.type != 'cuda': return
-        self.ctx = torch.autocast('cuda', dtype=torch.bfloat16)
+        kind = self.batch[0].device.type
+        if not (kind == 'cuda' or kind == 'cpu' and self.cpu): return
+        self.ctx = torch.autocast(kind, dtype=torch.bfloat16)
         self.ctx.__enter__()
 
     def after_pred(self):

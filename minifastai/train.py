@@ -32,6 +32,7 @@ from .schedulers import OneCycle, flat_cos
 from .schedule_free import SGDScheduleFree, AdamWScheduleFree, ScheduleFreeCB
 from .mixup import Mixup
 from .fastpath import decode_cache, cached_dls, epoch_seed, MixedPrecisionCB, ChannelsLastCB, keep_freed_memory
+from .fastpath import native_bf16
 from .distributed import launched, rank, world_size, setup_distributed, from_rank0, ended_well, DataParallelCB
 
 # %% ../nbs/09_train.ipynb #5ed774b8
@@ -130,7 +131,8 @@ def opt_func(args, n_batches):
 
 def make_learner(args, dls, n_out, device):
     "The `Learner` of the run `args`: model, loss, optimizer, and device callbacks (`fit_run` sets its `lr`)"
-    cbs = [SetupLearnerCB(device)] + [MixedPrecisionCB()] * (device.type == 'cuda') + [ChannelsLastCB()] * args.channels_last
+    bf16 = args.precision == 'bfloat16' or args.precision == 'auto' and device.type == 'cuda'
+    cbs = [SetupLearnerCB(device)] + [MixedPrecisionCB(cpu=True)] * bf16 + [ChannelsLastCB()] * args.channels_last
     return Learner(make_model(args, n_out), dls, partial(cross_entropy, label_smoothing=args.ls), lr=OPT_DEFAULTS[args.opt]['lr'],
                    cbs=cbs, opt_func=opt_func(args, len(dls.train)))
 
@@ -297,7 +299,7 @@ def _new_log(args):
 
 OLD_RUN_ARGS = {'opt': 'sgd', 'check_finite': True, 'valid_crop': 1., 'channels_last': True, 'bn': 'auto', 'act': 'relu',
                 'sched': 'one-cycle', 'sqr_mom': None, 'eps': None,
-                'resize_from': None, 'valid_subset': 1.}   # what a run saved before each option existed trained with
+                'resize_from': None, 'valid_subset': 1., 'precision': 'auto'}   # what a run saved before each option existed trained with
 
 def _resume(args):
     "The saved arguments and log of the run in `args.resume`"
@@ -404,6 +406,8 @@ def run(args, decode=decode_cache, cbs=(), bars=None):
     args, log = _resume(args) if args.resume else (args, _new_log(args))
     with claimed(args.out) if rank() == 0 else contextlib.nullcontext(Path(args.out)) as out:
         device = torch.device(args.device or default_device())
+        if args.precision == 'bfloat16' and device.type == 'cpu' and not native_bf16():
+            print('note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): --precision bfloat16 emulates it, slower than float32')
         dls, n_out = load_data(args, device, decode)
         log = {**log, 'time': {**log['time'], 'data_s': log['time'].get('data_s', 0.) + time.time() - t0}}
         log = fit_run(args, dls, n_out, device, log, out, t0, cbs=cbs, bars=bars)
@@ -491,6 +495,9 @@ def get_parser():
       help='decode once into a cache and augment on the device (default), or the plain loaders of 00_data (no augmentation)')
     a('--channels-last', action=argparse.BooleanOptionalAction, default=True,
       help='keep images and activations in channels-last memory (default; faster convolutions), or in NCHW order')
+    a('--precision', choices=['auto', 'float32', 'bfloat16'], default='auto', help="the model's arithmetic: auto (the default) "
+      'trains under bfloat16 autocast on a GPU and in float32 on a CPU; bfloat16 autocasts on a CPU too, which pays only where '
+      'it computes bfloat16 natively (AVX512-BF16 or AMX); float32 everywhere')
     a('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
       help='under torchrun: BatchNorm with the statistics of the whole batch, over all processes (default), or of each share')
     a('--check-finite', action=argparse.BooleanOptionalAction, default=True,
