@@ -13,6 +13,7 @@ beside a base run of the same session. A network that is not in the package (`re
 or `resnet_small_d` with a blur before each stride-2 conv) is registered in the command's `ARCHS` under its own name here, and weight averaging is a callback given to the command, so every lever runs through the same command.
 """
 import argparse, contextlib, io, json, sys, tempfile, time
+from collections import namedtuple
 from pathlib import Path
 
 import torch
@@ -86,41 +87,40 @@ BASE = ['--arch', 'resnet_small', '--epochs', '10', '--size', '80', '--resize-fr
 # smoothing 0.2 and PyTorch's batch norm kernel; the levers toward 85% from there are measured on it
 DEFAULT = [a for k, v in zip(BASE[::2], BASE[1::2]) for a in (k, {'--arch': 'resnet_small_d', '--bs': '64', '--ls': '0.2', '--bn': 'auto'}.get(k, v))]
 BASES = {'base': BASE, 'default': DEFAULT}
-LEVERS = {   # name: (what it changes, the command's arguments on top of its base recipe, callbacks[, the base: 'base' if absent])
-    'base': ('the base recipe', [], None),
-    'bs64': ('batches of 64', ['--bs', '64'], None),
-    'ls0.2': ('label smoothing 0.2', ['--ls', '0.2'], None),
-    'se': ('squeeze-and-excitation in each block', ['--arch', 'resnet_small_se'], None),
-    'resnetd': ("ResNet-D's average-pooled shortcuts", ['--arch', 'resnet_small_d'], None),
-    'ms0.35': ('random crops of at least 35% of the image', ['--min-scale', '0.35'], None),
-    'lr6e-2': ('Ranger at 6e-2', ['--lr', '0.06'], None),
-    'wd0.1': ('weight decay 0.1', ['--wd', '0.1'], None),
-    'd-bs64-ls0.2': ("ResNet-D's shortcuts, batches of 64, label smoothing 0.2", ['--arch', 'resnet_small_d', '--bs', '64', '--ls', '0.2'], None),
-    'e12': ('12 epochs', ['--epochs', '12'], None),
-    'ema': ('an average of the weights over the last quarter', [], lambda: [WeightAverage()]),
-    'default': ('the default recipe', [], None, 'default'),
-    'd+ema': ('an average of the weights over the last quarter', [], lambda: [WeightAverage()], 'default'),
-    'd+lr2e-2': ('Ranger at 2e-2', ['--lr', '0.02'], None, 'default'),
-    'd+ls0.3': ('label smoothing 0.3', ['--ls', '0.3'], None, 'default'),
-    'd+ms0.35': ('random crops of at least 35% of the image', ['--min-scale', '0.35'], None, 'default'),
-    'd+bs32': ('batches of 32', ['--bs', '32'], None, 'default'),
-    'd+blur': ('a blur before each stride-2 conv', ['--arch', 'resnet_small_d_blur'], None, 'default'),
-    'd+wd0.05': ('weight decay 0.05', ['--wd', '0.05'], None, 'default'),
-    'd+bf16': ('bfloat16 autocast (where the CPU computes it natively)', ['--precision', 'bfloat16'], None, 'default'),
+Lever = namedtuple('Lever', 'what argv cbs base')   # what it changes, the command's arguments and callbacks on top of the recipe BASES[base]
+LEVERS = {
+    'base': Lever('the base recipe', [], None, 'base'),
+    'bs64': Lever('batches of 64', ['--bs', '64'], None, 'base'),
+    'ls0.2': Lever('label smoothing 0.2', ['--ls', '0.2'], None, 'base'),
+    'se': Lever('squeeze-and-excitation in each block', ['--arch', 'resnet_small_se'], None, 'base'),
+    'resnetd': Lever("ResNet-D's average-pooled shortcuts", ['--arch', 'resnet_small_d'], None, 'base'),
+    'ms0.35': Lever('random crops of at least 35% of the image', ['--min-scale', '0.35'], None, 'base'),
+    'lr6e-2': Lever('Ranger at 6e-2', ['--lr', '0.06'], None, 'base'),
+    'wd0.1': Lever('weight decay 0.1', ['--wd', '0.1'], None, 'base'),
+    'd-bs64-ls0.2': Lever("ResNet-D's shortcuts, batches of 64, label smoothing 0.2", ['--arch', 'resnet_small_d', '--bs', '64', '--ls', '0.2'], None, 'base'),
+    'e12': Lever('12 epochs', ['--epochs', '12'], None, 'base'),
+    'ema': Lever('an average of the weights over the last quarter', [], lambda: [WeightAverage()], 'base'),
+    'default': Lever('the default recipe', [], None, 'default'),
+    'd+ema': Lever('an average of the weights over the last quarter', [], lambda: [WeightAverage()], 'default'),
+    'd+lr2e-2': Lever('Ranger at 2e-2', ['--lr', '0.02'], None, 'default'),
+    'd+ls0.3': Lever('label smoothing 0.3', ['--ls', '0.3'], None, 'default'),
+    'd+ms0.35': Lever('random crops of at least 35% of the image', ['--min-scale', '0.35'], None, 'default'),
+    'd+bs32': Lever('batches of 32', ['--bs', '32'], None, 'default'),
+    'd+blur': Lever('a blur before each stride-2 conv', ['--arch', 'resnet_small_d_blur'], None, 'default'),
+    'd+wd0.05': Lever('weight decay 0.05', ['--wd', '0.05'], None, 'default'),
+    'd+bf16': Lever('bfloat16 autocast (where the CPU computes it natively)', ['--precision', 'bfloat16'], None, 'default'),
 }
-
-def base_of(name): return LEVERS[name][3] if len(LEVERS[name]) > 3 else 'base'
 
 def stored():
     return json.loads(RESULTS.read_text()).get('bench/levers.py', {}).get('runs', {}) if RESULTS.exists() else {}
 
 def run(name, seed):
     "Train lever `name` with `seed` by the command; store and return its accuracy and times"
-    what, argv, cbs = LEVERS[name][:3]
+    what, argv, cbs, base = LEVERS[name]
     T.ARCHS.update(NETS)
     with tempfile.TemporaryDirectory() as d:
         with contextlib.redirect_stdout(io.StringIO()):
-            T.main(BASES[base_of(name)] + argv + ['--seed', str(seed), '--out', f'{d}/run'], cbs=cbs() if cbs else (), bars=False)
+            T.main(BASES[base] + argv + ['--seed', str(seed), '--out', f'{d}/run'], cbs=cbs() if cbs else (), bars=False)
         m = json.loads(Path(d, 'run', 'metrics.json').read_text())
     r = {'accuracy': round(m['epochs'][-1]['accuracy'], 4), 'total_s': round(m['time']['total_s'], 1),
          'date': time.strftime('%Y-%m-%d %H:%M')}
@@ -136,7 +136,7 @@ def table(kept=None, on='base'):
     print(f"{'lever':<58} " + (f"{'default':<8} " if kept else '') + f"{'mean acc':>8} {'vs ' + on:>10}   by seed")
     for name, (what, *_) in LEVERS.items():
         rs = runs.get(name)
-        if not rs or base_of(name) != on: continue
+        if not rs or LEVERS[name].base != on: continue
         acc = sum(r['accuracy'] for r in rs.values()) / len(rs)
         same = [s for s in rs if s in base]
         d = sum(rs[s]['accuracy'] - base[s]['accuracy'] for s in same) / len(same) if same and name != on else None
@@ -153,6 +153,6 @@ if __name__ == '__main__':
         if name not in LEVERS: p.error(f'unknown lever {name!r}: one of {", ".join(LEVERS)}')
         print(name, seed or 0, run(name, int(seed or 0)), flush=True)
     if a.list:
-        for k, (what, argv, cbs, *_) in LEVERS.items(): print(f'{k:<10} {"on " + base_of(k):<11} {what:<45} {" ".join(argv)}{" + callback" if cbs else ""}  seeds stored: {sorted(stored().get(k, {}))}')
+        for k, (what, argv, cbs, base) in LEVERS.items(): print(f'{k:<10} {"on " + base:<11} {what:<45} {" ".join(argv)}{" + callback" if cbs else ""}  seeds stored: {sorted(stored().get(k, {}))}')
     if a.table or not (a.runs or a.list):
         for on in BASES: table(on=on); print()
