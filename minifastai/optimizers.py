@@ -8,7 +8,7 @@ __all__ = ['Optimizer', 'Adam', 'radam_rect', 'RAdam', 'Ranger', 'TorchOpt', 'to
 # %% ../nbs/06_optimizers.ipynb #38aeafcf
 import math
 import torch
-from fastcore.basics import GetAttr
+from fastcore.basics import GetAttr, patch
 from .learner import SGD, check_opt_state
 
 # %% ../nbs/06_optimizers.ipynb #6c3d040f
@@ -52,8 +52,11 @@ class Adam(Optimizer):
 
     @torch.no_grad()
     def step(self):
+        if self._fused_step(1.): return
         ps, ms, vs = self._averages()
         if ps: self._adaptive_step(ps, ms, vs, self.lr)
+
+    def _fused_step(self, r): return False   # the step in one kernel: "One pass over the weights", below
 
     def _averages(self):
         "Count the step, decay the weights and update both averages: the parameters that have a gradient, and their averages"
@@ -86,9 +89,10 @@ class RAdam(Adam):
     "Rectified Adam (decoupled weight decay): momentum steps while the average of the squares is too short, then Adam's step times `radam_rect`"
     @torch.no_grad()
     def step(self):
+        r = radam_rect(self.sqr_mom, self.t + 1)   # the next step's rectification
+        if r is not None and self._fused_step(r): return
         ps, ms, vs = self._averages()
         if not ps: return
-        r = radam_rect(self.sqr_mom, self.t)
         if r is None: torch._foreach_add_(ps, ms, alpha=-self.lr / (1 - self.mom ** self.t))
         else: self._adaptive_step(ps, ms, vs, self.lr * r)
 
@@ -109,6 +113,30 @@ class Ranger(RAdam):
         ps, slow = [self.params[i] for i in idx], self._state('slow', idx, [self.params[i] for i in idx])
         torch._foreach_lerp_(slow, ps, self.alpha)      # slow += alpha * (fast - slow)
         torch._foreach_copy_(ps, slow)
+
+# %% ../nbs/06_optimizers.ipynb #c38b0002
+def _fusable(ps, gs, states):
+    "Whether `torch._fused_adamw_` takes these parameters, gradients and averages: float32 on the CPU, laid out alike"
+    return (hasattr(torch, '_fused_adamw_') and
+            all(t.device.type == 'cpu' and t.dtype == torch.float32 and not t.is_sparse and t.stride() == p.stride()
+                for p, *ts in zip(ps, gs, *states) for t in (p, *ts)))
+
+Adam.fused = True   # where it can, every Adam (and RAdam, Ranger) now steps in one kernel
+
+@patch
+@torch.no_grad()
+def _fused_step(self:Adam, r):
+    "Adam's step with the learning rate times `r` (and the decay still `lr*wd`) in one fused kernel: False, and no step taken, where it cannot"
+    idx, ps, gs = self._grads()
+    if not (self.fused and ps): return False
+    ms, vs = self._state('ms', idx, gs), self._state('vs', idx, gs)
+    if not _fusable(ps, gs, (ms, vs)): return False
+    self.t += 1
+    t = torch.tensor(float(self.t))   # the kernel reads each parameter's step count: all are `t`
+    torch._fused_adamw_(ps, gs, ms, vs, [], [t] * len(ps), lr=self.lr * r, beta1=self.mom, beta2=self.sqr_mom,
+                        weight_decay=self.wd / r, eps=self.eps, amsgrad=False, maximize=False)
+    return True
+
 
 # %% ../nbs/06_optimizers.ipynb #b4f44ff8
 class TorchOpt(GetAttr):
