@@ -100,24 +100,36 @@ def crop_boxes(thetas, h, w):
         boxes.append((t, l, b - t, r - l, sx < 0))
     return boxes
 
-def block_mean(x, ss):
-    "The means of the `ss`x`ss` blocks of the NCHW images `x`, as floats (`uint8` pixels are summed in integers)"
-    if ss == 1: return x.float()
+def block_mean(x, ss, stats=None):
+    "The means of the `ss`x`ss` blocks of the NCHW images `x`, as floats (`uint8` pixels summed in integers), normalised by `stats` if given"
     n, c, h, w = x.shape
-    acc = x.dtype if x.is_floating_point() else torch.int16 if x.dtype == torch.uint8 and ss * ss * 255 < 2 ** 15 else torch.int64
     y = x.permute(0, 2, 3, 1).reshape(n, h // ss, ss, w // ss, ss, c)   # for channels-last `x`, a view: no copy
-    rows = sum(y[:, :, i].to(acc) for i in range(ss))                    # the sums over each block's rows, then its columns
-    return sum(rows[:, :, :, j] for j in range(ss)).float().div_(ss * ss).permute(0, 3, 1, 2)
+    if ss == 1:
+        if stats is None: return x.float()
+        s = y[:, :, 0, :, 0]
+    else:                                                               # the sums over each block's rows, then its columns
+        acc = x.dtype if x.is_floating_point() else torch.int16 if x.dtype == torch.uint8 and ss * ss * 255 < 2 ** 15 else torch.int64
+        rows = y[:, :, 0].to(acc, copy=True)
+        for i in range(1, ss): rows += y[:, :, i]
+        s = rows[:, :, :, 0] + rows[:, :, :, 1]
+        for j in range(2, ss): s += rows[:, :, :, j]
+    if stats is None: return s.float().div_(ss * ss).permute(0, 3, 1, 2)
+    mean, std = (t.reshape(-1).to(s.device) for t in stats)               # per channel, in the pixels' units
+    return torch.addcmul(-mean / std, s, 1 / (ss * ss * std)).permute(0, 3, 1, 2)   # (sum/ss² - mean)/std in one pass
 
-def box_crops(x, thetas, size, ss=1):
-    "`affine_crop` for a CPU: each crop of `thetas` rounded to whole pixels of the batch `x`, resized one by one, `ss`x`ss` samples averaged"
-    n, c, h, w = x.shape
-    out = torch.empty(n, c, size * ss, size * ss, dtype=x.dtype, memory_format=torch.channels_last)
-    for i, (t, l, bh, bw, flip) in enumerate(crop_boxes(thetas, h, w)):
-        im = F.interpolate(x[i:i + 1, :, t:t + bh, l:l + bw], (size * ss, size * ss), mode='bilinear', align_corners=False)[0]
-        out[i] = im.flip(-1) if flip else im
-    return block_mean(out, ss)
-
+def box_crops(x, thetas, size, ss=1, idxs=None, stats=None):
+    "`affine_crop` for a CPU: the crops `thetas` of the images `x[idxs]` (all of `x` by default), rounded to whole pixels, resized one by one, `ss`x`ss` samples averaged, normalised by `stats` if given"
+    _, c, h, w = x.shape
+    idxs, S = range(len(x)) if idxs is None else idxs.tolist(), size * ss
+    out = torch.empty(len(idxs), c, S, S, dtype=x.dtype, memory_format=torch.channels_last)
+    in_place = x.is_contiguous(memory_format=torch.channels_last)   # the uint8 resize fills `out` right only from channels-last images
+    for i, (j, (t, l, bh, bw, flip)) in enumerate(zip(idxs, crop_boxes(thetas, h, w))):
+        box = x[j:j + 1, :, t:t + bh, l:l + bw]                          # a view of the image: nothing gathered
+        if in_place and not flip: torch._C._nn.upsample_bilinear2d(box, (S, S), False, out=out[i:i + 1])   # F.interpolate's kernel
+        else:
+            im = F.interpolate(box, (S, S), mode='bilinear', align_corners=False)[0]
+            out[i] = im.flip(-1) if flip else im
+    return block_mean(out, ss, stats)
 
 # %% ../nbs/08_fastpath.ipynb #f479386c
 def epoch_seed(seed, epoch):
@@ -157,10 +169,12 @@ class DeviceLoader:
         self.epoch += 1
         for r in self._spans():
             s = slice(r.start, r.stop)
+            if self.train and self.x.device.type == self.device.type == 'cpu':   # cropped straight from the cache
+                yield box_crops(self.x, thetas[s], self.size, self.ss, idxs[s], self.norm.stats), self.y[idxs[s]]
+                continue
             xb, yb = (self.x[idxs[s]], self.y[idxs[s]]) if self.train else (self.x[s], self.y[s])
             xb, yb = to_device((xb, yb), self.device, non_blocking=True)
-            crop = box_crops if xb.device.type == 'cpu' else affine_crop
-            yield self.norm(crop(xb, thetas[s], self.size, self.ss) if self.train else xb.float()), yb
+            yield self.norm(affine_crop(xb, thetas[s], self.size, self.ss) if self.train else xb.float()), yb
 
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes"
