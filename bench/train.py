@@ -45,8 +45,8 @@ each for each of `--peer-seeds` (default 0); minifastai-train with its defaults 
 chapter's path on our package against the chapter's own code (bench/chapter.py; `--no-chapter` skips it). It prints
 each row's GFLOP (training and validation passes, by torch's FLOP counter) and the GFLOPS it reached in training
 against the float32 and the bfloat16 sgemm roofs measured in the same run (against the bfloat16 roof only where the
-CPU computes bfloat16 natively: elsewhere that roof is emulated and training keeps float32), then the default's mean accuracy, its
-ratios of total wall time and of CPU time (the process and its workers: other load on the machine inflates it less
+CPU computes bfloat16 natively: elsewhere that roof is emulated and training keeps float32), then the default's mean
+accuracy, its ratios of total wall time and of CPU time (the process and its workers: other load on the machine inflates it less
 than wall time) to fastai's 5-epoch recipe, the engine's ratio to fastai on the same recipe, and the chapter's ratio.
 A complete run (fastai found, at least 3 seeds, the chapter's rows) writes its figures to bench/results.json.
 """

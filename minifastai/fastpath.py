@@ -171,10 +171,10 @@ class DeviceLoader:
             s = slice(r.start, r.stop)
             if self.train and self.x.device.type == self.device.type == 'cpu':   # cropped straight from the cache
                 yield box_crops(self.x, thetas[s], self.size, self.ss, idxs[s], self.norm.stats), self.y[idxs[s]]
-                continue
-            xb, yb = (self.x[idxs[s]], self.y[idxs[s]]) if self.train else (self.x[s], self.y[s])
-            xb, yb = to_device((xb, yb), self.device, non_blocking=True)
-            yield self.norm(affine_crop(xb, thetas[s], self.size, self.ss) if self.train else xb.float()), yb
+            else:
+                xb, yb = (self.x[idxs[s]], self.y[idxs[s]]) if self.train else (self.x[s], self.y[s])
+                xb, yb = to_device((xb, yb), self.device, non_blocking=True)
+                yield self.norm(affine_crop(xb, thetas[s], self.size, self.ss) if self.train else xb.float()), yb
 
     def close(self):
         "Nothing to stop: unlike a `DataLoader`, a `DeviceLoader` has no worker processes"

@@ -127,8 +127,9 @@ Adam.fused = True   # where it can, every Adam (and RAdam, Ranger) now steps in 
 @torch.no_grad()
 def _fused_step(self:Adam, r):
     "Adam's step with the learning rate times `r` (and the decay still `lr*wd`) in one fused kernel: False, and no step taken, where it cannot"
+    if not (self.fused and self.params and self.params[0].device.type == 'cpu'): return False   # no second look on a GPU
     idx, ps, gs = self._grads()
-    if not (self.fused and ps): return False
+    if not ps: return False
     ms, vs = self._state('ms', idx, gs), self._state('vs', idx, gs)
     if not _fusable(ps, gs, (ms, vs)): return False
     self.t += 1
