@@ -38,12 +38,12 @@ virtualenv of its own, made with the regular wheel:
     python bench/train.py peer --peer-python /tmp/fastai-venv/bin/python
 Without fastai there, the row is skipped with a line saying so.
 
-`default` runs, one after the other in the same run: fastai's 5-epoch recipe and fastai given the default's own recipe
-(FASTAI_RECIPE: the same network in torch.nn, the same size each epoch, Ranger with the same betas and epsilon at the
-same rate on flat-cos, label smoothing, batch size, crops, and validation on every 4th image but in the last epoch),
-each for each of `--peer-seeds` (default 0); minifastai-train with its defaults for each of `--seeds`; and the
-chapter's path on our package against the chapter's own code (bench/chapter.py; `--no-chapter` skips it). It prints
-each row's GFLOP (training and validation passes, by torch's FLOP counter) and the GFLOPS it reached in training
+`default` runs, in the same run: minifastai-train with its defaults for each of `--seeds`, and between those runs (ours
+and fastai's alternate, so that the host's drift hits both alike) fastai's 5-epoch recipe and fastai given the default's
+own recipe (FASTAI_RECIPE: the same network in torch.nn, the same size each epoch, Ranger with the same betas and
+epsilon at the same rate on flat-cos, label smoothing, batch size, crops, and validation on every 4th image but in the
+last epoch), each for each of `--peer-seeds` (default 0); then the chapter's path on our package against the chapter's
+own code (bench/chapter.py; `--no-chapter` skips it). It prints each row's GFLOP (training and validation passes, by torch's FLOP counter) and the GFLOPS it reached in training
 against the float32 and the bfloat16 sgemm roofs measured in the same run (against the bfloat16 roof only where the
 CPU computes bfloat16 natively: elsewhere that roof is emulated and training keeps float32), then the default's mean
 accuracy, its ratios of total wall time and of CPU time (the process and its workers: other load on the machine inflates it less
@@ -206,19 +206,22 @@ def cpu():
 
 def default(py, seeds, peer_seeds=(0,), chapter=True):
     """The default recipe for each of `seeds` against fastai's 5-epoch recipe and against fastai given the default's own
-    recipe (each for each of `peer_seeds`), then the chapter's path on our package against the chapter's code (`chapter`),
+    recipe (each for each of `peer_seeds`, run between ours), then the chapter's path on our package against the chapter's code (`chapter`),
     all in the same run, with the float32 and bfloat16 sgemm roofs; writes its figures to bench/results.json"""
     from minifastai.data import untar_data, URLs
     roofs, counts, path = {'float32': sgemm_gflops(), 'bfloat16': sgemm_gflops(dtype=torch.bfloat16)}, n_images(), untar_data(URLs.IMAGENETTE_160)
-    recipe = default_recipe()
-    peer = [f for s in peer_seeds if (f := _fastai_run(py, path, s)) is not None]
-    for s, f in zip(peer_seeds, peer): print(f'fastai 5-epoch recipe, seed {s}: {f}', flush=True)
-    same = [f for s in peer_seeds if peer and (f := _fastai_run(py, path, s, FASTAI_RECIPE, recipe)) is not None]
-    for s, f in zip(peer_seeds, same): print(f"fastai on the default's recipe, seed {s}: {f}", flush=True)
-    ours = []
-    for s in seeds:
+    recipe, peer, same, ours = default_recipe(), [], [], []
+    fastai_runs = [(peer, "fastai 5-epoch recipe", s, ()) for s in peer_seeds]
+    fastai_runs += [(same, "fastai on the default's recipe", s, (FASTAI_RECIPE, recipe)) for s in peer_seeds]
+    def run_fastai(k):   # the k-th of fastai's runs, unless fastai turned out missing
+        if k >= len(fastai_runs) or (k and not peer): return
+        out, name, s, args = fastai_runs[k]
+        if (f := _fastai_run(py, path, s, *args)) is not None: out.append(f); print(f'{name}, seed {s}: {f}', flush=True)
+    for k, s in enumerate(seeds):   # ours and fastai's alternate, so that the host's drift over the run hits both alike
         ours.append(with_gflop(train({'seed': s}), counts))
         print(f"minifastai-train seed {s}: valid acc {ours[-1]['epochs'][-1]['accuracy']:.4f}, {ours[-1]['time']['total_s']:.1f} s", flush=True)
+        run_fastai(k)
+    for k in range(len(seeds), len(fastai_runs)): run_fastai(k)
     chap = chapter_rows() if chapter else []
     print(f'\nCPU: {os.cpu_count()} cores ({cpu_name()}{", native bfloat16" if native_bf16() else ", no native bfloat16"}), '
           f'torch {torch.__version__}, {torch.get_num_threads()} threads; sgemm (2048x2048) {roofs["float32"]:.1f} GFLOPS in float32, '

@@ -92,14 +92,18 @@ class BatchNorm(Module):
             self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.mom)
             self.running_var.lerp_(var.to(self.running_var.dtype) * (n / (n - 1)), self.mom)
 
+    def scale_shift(self):
+        "Eval mode's per-channel scale `s` and shift `t`, from the running statistics: batch norm is then `s*x + t`"
+        s = self.w * (self.running_var + self.eps).rsqrt()
+        return s, self.b - self.running_mean * s
+
     def forward(self, x):
         n = x.numel() // x.shape[1]
         if self.training and n == 1: raise ValueError(f'BatchNorm needs more than one value per channel in training, got {tuple(x.shape)}')
         if self.uses_fused(x):   # the same computation, running statistics included, in one kernel each way
             return F.batch_norm(x, self.running_mean, self.running_var, self.w, self.b, self.training, self.mom, self.eps)
         if not self.training:
-            s = self.w * (self.running_var + self.eps).rsqrt()
-            t = self.b - self.running_mean * s
+            s, t = self.scale_shift()
             if _rows(x) is not None and x.dtype == s.dtype: return torch.addcmul(_chan(t), x, _chan(s))
             return (x * _chan(s).to(x.dtype)).add_(_chan(t).to(x.dtype))
         y, mean, var = BatchNormFunction.apply(x, self.w, self.b, self.eps)
@@ -128,3 +132,13 @@ def set_bn_kernel(model, fused):
     for m in model.modules():
         if isinstance(m, BatchNorm): m.fused = fused
     return model
+
+# %% ../nbs/02a_batchnorm.ipynb #f01d0a02
+from fastcore.basics import patch
+
+@patch
+def fold(self:BatchNorm, w, b=None):
+    "Weights and bias of one convolution computing conv(x, `w`, `b`) followed by this batch norm in eval mode"
+    s, t = self.scale_shift()
+    return w * s.view(-1, *[1] * (w.dim() - 1)), t if b is None else torch.addcmul(t, b, s)
+
