@@ -94,10 +94,8 @@ def inference_model(model):
     model = copy.deepcopy(model).eval()
     for c in model.modules():
         if isinstance(c, ConvLayer) and isinstance(c._modules.get('bn'), BatchNorm):
-            bn = c.bn   # in eval mode: y = s * conv(x) + t, per channel, with constant s and t
-            s = bn.w.detach() * (bn.running_var + bn.eps).rsqrt()
-            t = bn.b.detach() - bn.running_mean * s + (0 if c.b is None else c.b.detach() * s)
-            c.w, c.b = Parameter(c.w.detach() * s.reshape(-1, 1, 1, 1)), Parameter(t)
+            with torch.no_grad(): w, b = c.bn.fold(c.w, c.b)
+            c.w, c.b = Parameter(w), Parameter(b)
             del c.bn
     return model.to(memory_format=torch.channels_last)
 
