@@ -38,16 +38,17 @@ virtualenv of its own, made with the regular wheel:
     python bench/train.py peer --peer-python /tmp/fastai-venv/bin/python
 Without fastai there, the row is skipped with a line saying so.
 
-`default` runs, in the same run: minifastai-train with its defaults for each of `--seeds`, and between those runs (ours
-and fastai's alternate, so that the host's drift hits both alike) fastai's 5-epoch recipe and fastai given the default's
-own recipe (FASTAI_RECIPE: the same network in torch.nn, the same size each epoch, Ranger with the same betas and
-epsilon at the same rate on flat-cos, label smoothing, batch size, crops, and validation on every 4th image but in the
-last epoch), each for each of `--peer-seeds` (default 0); then the chapter's path on our package against the chapter's
-own code (bench/chapter.py; `--no-chapter` skips it). It prints each row's GFLOP (training and validation passes, by torch's FLOP counter) and the GFLOPS it reached in training
-against the float32 and the bfloat16 sgemm roofs measured in the same run (against the bfloat16 roof only where the
-CPU computes bfloat16 natively: elsewhere that roof is emulated and training keeps float32), then the default's mean
-accuracy, its ratios of total wall time and of CPU time (the process and its workers: other load on the machine inflates it less
-than wall time) to fastai's 5-epoch recipe, the engine's ratio to fastai on the same recipe, and the chapter's ratio.
+`default` runs, in the same run: minifastai-train with its defaults for each of `--seeds`, and between those runs
+(ours and fastai's alternate, so that the host's drift hits both alike) fastai's 5-epoch recipe and fastai given the
+default's own recipe (FASTAI_RECIPE: the same network in torch.nn, the same size each epoch, Ranger with the same
+betas and epsilon at the same rate on flat-cos, label smoothing, batch size, crops, and validation on every 4th image
+but in the last epoch), each for each of `--peer-seeds` (default 0); then the chapter's path on our package against
+the chapter's own code (bench/chapter.py; `--no-chapter` skips it). It prints each row's GFLOP (training and
+validation passes, by torch's FLOP counter) and the GFLOPS it reached in training against the float32 and the bfloat16
+sgemm roofs measured in the same run (against the bfloat16 roof only where the CPU computes bfloat16 natively:
+elsewhere that roof is emulated and training keeps float32), then the default's mean accuracy, its ratios of total
+wall time and of CPU time (the process and its workers: other load on the machine inflates it less than wall time) to
+fastai's 5-epoch recipe, the engine's ratio to fastai on the same recipe, and the chapter's ratio.
 A complete run (fastai found, at least 3 seeds, the chapter's rows) writes its figures to bench/results.json.
 """
 import argparse, json, math, os, resource, subprocess, sys, tempfile, time
@@ -206,8 +207,8 @@ def cpu():
 
 def default(py, seeds, peer_seeds=(0,), chapter=True):
     """The default recipe for each of `seeds` against fastai's 5-epoch recipe and against fastai given the default's own
-    recipe (each for each of `peer_seeds`, run between ours), then the chapter's path on our package against the chapter's code (`chapter`),
-    all in the same run, with the float32 and bfloat16 sgemm roofs; writes its figures to bench/results.json"""
+    recipe (each for each of `peer_seeds`, run between ours), then the chapter's path on our package against the
+    chapter's code (`chapter`), all in the same run, with the float32 and bfloat16 sgemm roofs; writes its figures to bench/results.json"""
     from minifastai.data import untar_data, URLs
     roofs, counts, path = {'float32': sgemm_gflops(), 'bfloat16': sgemm_gflops(dtype=torch.bfloat16)}, n_images(), untar_data(URLs.IMAGENETTE_160)
     recipe, peer, same, ours = default_recipe(), [], [], []
