@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from minifastai.batchnorm import BatchNorm
 from minifastai.fastpath import keep_freed_memory

@@ -108,6 +108,8 @@ LEVERS = {
     'd+bs32': Lever('batches of 32', ['--bs', '32'], None, 'default'),
     'd+blur': Lever('a blur before each stride-2 conv', ['--arch', 'resnet_small_d_blur'], None, 'default'),
     'd+wd0.05': Lever('weight decay 0.05', ['--wd', '0.05'], None, 'default'),
+    'd+96e8': Lever('8 epochs, the last at 96 pixels (as many training FLOPs)', ['--size', '96', '--epochs', '8'], None, 'default'),
+    'd+96': Lever('the last two epochs at 96 pixels', ['--size', '96'], None, 'default'),
     'd+bf16': Lever('bfloat16 autocast (where the CPU computes it natively)', ['--precision', 'bfloat16'], None, 'default'),
 }
 
