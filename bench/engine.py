@@ -71,15 +71,11 @@ def conv_flops(learn, xb, yb):
 def add_ms(learn, xb, n):
     "Time of one `add` over tensors shaped as the inputs of every batch norm of the model (channels-last)"
     shapes = []
-    hs = [m.register_hook(lambda out, args: shapes.append(out.shape)) for m in modules(learn.model) if isinstance(m, BatchNorm)]
+    hs = [m.register_hook(lambda out, args: shapes.append(out.shape)) for m in learn.model.modules() if isinstance(m, BatchNorm)]
     with torch.no_grad(): learn.model(xb)
     for h in hs: h.remove()
     ts = [torch.randn(s).contiguous(memory_format=torch.channels_last) for s in shapes for _ in range(3)]
     return median_ms(lambda: [torch.add(a, b, out=c) for a, b, c in zip(ts[0::3], ts[1::3], ts[2::3])], n)
-
-def modules(m):
-    yield m
-    for c in m._modules.values(): yield from modules(c)
 
 def measure(learn, dl, size, n):
     "One row: the step's parts at `size`, in ms per batch"
