@@ -14,13 +14,18 @@ learner (`resnet_small_d` in channels-last memory, PyTorch's batch norm kernel, 
   (pooling, the residual additions, the loss, autograd's own work).
 A last row adds each part up over the default's run (its sizes by epoch, its batches per epoch; validation and
 decoding left out), and two lines say what the run's training would take if the convolutions' backward passes ran at
-their forward passes' rate, and if batch norm and ReLU cost FUSED_ADDS adds. Writes its figures to bench/results.json.
+their forward passes' rate, and if batch norm and ReLU cost FUSED_ADDS adds. Then the whole run, estimated from its parts:
+decoding (timed), the training batches (above) and validation (one pass over the subset and one over all of it, timed at
+the last size, counted as the run counts them). Last, a compiler's try at the fusion: batch norm with ReLU through
+`torch.compile` (inductor, dynamic shapes), forward and backward at the model's own shapes, against the same eager
+kernels (`--no-compile` skips it; without a C++ compiler it says why). Writes its figures to bench/results.json.
 """
 import argparse, os, statistics, sys, time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from minifastai.batchnorm import BatchNorm
 from minifastai.fastpath import keep_freed_memory
@@ -68,17 +73,21 @@ def conv_flops(learn, xb, yb):
     c = {str(k): v for k, v in fc.get_flop_counts()['Global'].items()}
     return c.get('aten.convolution', 0), c.get('aten.convolution_backward', 0)
 
-def add_ms(learn, xb, n):
-    "Time of one `add` over tensors shaped as the inputs of every batch norm of the model (channels-last)"
+def bn_shapes(learn, xb):
+    "The shapes of the inputs of every batch norm of the model, in the order it runs them, for the batch `xb`"
     shapes = []
     hs = [m.register_hook(lambda out, args: shapes.append(out.shape)) for m in learn.model.modules() if isinstance(m, BatchNorm)]
     with torch.no_grad(): learn.model(xb)
     for h in hs: h.remove()
-    ts = [torch.randn(s).contiguous(memory_format=torch.channels_last) for s in shapes for _ in range(3)]
+    return shapes
+
+def add_ms(learn, xb, n):
+    "Time of one `add` over tensors shaped as the inputs of every batch norm of the model (channels-last)"
+    ts = [torch.randn(s).contiguous(memory_format=torch.channels_last) for s in bn_shapes(learn, xb) for _ in range(3)]
     return median_ms(lambda: [torch.add(a, b, out=c) for a, b, c in zip(ts[0::3], ts[1::3], ts[2::3])], n)
 
 def measure(learn, dl, size, n):
-    "One row: the step's parts at `size`, in ms per batch"
+    "One row: the step's parts at `size`, in ms per batch; and the shapes of the batch norms' inputs at that size"
     dl.size = size
     it = iter(dl)
     xb, yb = next(it)
@@ -108,7 +117,45 @@ def measure(learn, dl, size, n):
                 **{f'{k}_ms': round(v, 2) for k, v in ms.items()},
                 conv_fwd_gflops=round(ff / ms['conv_fwd'] / 1e6, 1), conv_bwd_gflops=round(fbk / ms['conv_bwd'] / 1e6, 1),
                 conv_fwd_gflop=round(ff / 1e9, 3), conv_bwd_gflop=round(fbk / 1e9, 3),
-                add_ms=round(adds, 3), bn_relu_adds=round(ms['bn_relu'] / adds, 1), cores_busy=round(busy, 2))
+                add_ms=round(adds, 3), bn_relu_adds=round(ms['bn_relu'] / adds, 1), cores_busy=round(busy, 2)), bn_shapes(learn, xb)
+
+def bn_relu(x, w, b):
+    "Batch norm in training mode (batch statistics), then ReLU: what most `ConvLayer`s of the model run after their convolution"
+    return F.relu(F.batch_norm(x, None, None, w, b, True, 0.1, 1e-5))
+
+def compiled_bn_relu(shapes_by_size, n):
+    "Forward and backward of `bn_relu` over each size's batch norm shapes, ms per batch, eager and through `torch.compile`"
+    fn, rows = torch.compile(bn_relu, dynamic=True), []
+    def run(f, args): [f(x, w, b).backward(g) for x, w, b, g in args]
+    for size, shapes in sorted(shapes_by_size.items()):
+        args = []
+        for s in shapes:
+            x = torch.randn(s).contiguous(memory_format=torch.channels_last).requires_grad_()
+            w, b = torch.rand(s[1], requires_grad=True), torch.randn(s[1], requires_grad=True)
+            args.append((x, w, b, torch.randn_like(x)))
+        try: run(fn, args)   # the first calls compile (no C++ compiler, or a failing one: the error, in one line)
+        except Exception as e: return dict(error=f'{type(e).__name__}: {e}'.strip().splitlines()[0][:200])
+        rows.append(dict(size=size, eager_ms=round(median_ms(lambda: run(bn_relu, args), n), 2),
+                         compiled_ms=round(median_ms(lambda: run(fn, args), n), 2)))
+    return dict(rows=rows)
+
+def valid_s(learn, dls, k, n_epochs):
+    "Seconds of the run's validation: every epoch but the last on every `k`-th image, the last on all (as `ValidSubset`)"
+    dl, model = dls.valid, learn.model
+    x, y = dl.x, dl.y
+    def one_pass():
+        t = time.perf_counter()
+        with torch.no_grad():
+            for xb, _ in dl: model(xb)
+        return time.perf_counter() - t
+    model.eval()
+    try:
+        dl.x, dl.y = x[::k], y[::k]
+        one_pass(); sub = one_pass()   # the first pass warms oneDNN's kernels for these shapes
+        dl.x, dl.y = x, y
+        full = one_pass()
+    finally: dl.x, dl.y = x, y; model.train()
+    return (n_epochs - 1) * sub + full if k > 1 else n_epochs * full
 
 COLS = ['crops_ms', 'conv_fwd_ms', 'conv_bwd_ms', 'bn_relu_ms', 'optimizer_ms', 'rest_ms']
 
@@ -126,34 +173,48 @@ def print_table(res):
     h = res['headroom']
     print(f"  convolutions' backward at their forward's GFLOPS: {h['conv_bwd_at_fwd_rate_s']:.1f} s less; batch norm and ReLU "
           f"in {FUSED_ADDS} adds (fused): {h['bn_relu_fused_s']:.1f} s less; both: {h['both_pct']:.1f}% of the run's training")
+    w = res.get('whole_run')
+    if w: print(f"the whole run, from its parts: decoding {w['decode_s']:.1f} s, training batches {run['total_s']:.1f} s, "
+                f"validation {w['valid_s']:.1f} s; {w['total_s']:.1f} s")
+    c = res.get('compiled')
+    if c is None: return
+    if 'error' in c: print(f"batch norm with ReLU through torch.compile: not measured ({c['error']})"); return
+    print("batch norm with ReLU, forward and backward at the model's shapes, ms per batch, eager / through torch.compile (inductor):")
+    print('  ' + ', '.join(f"{r['size']} px {r['eager_ms']:.1f} / {r['compiled_ms']:.1f}" for r in c['rows']))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--steps', type=int, default=30, help='batches timed at each size (default: %(default)s)')
+    p.add_argument('--no-compile', action='store_true', help="skip torch.compile's batch norm with ReLU")
     a = p.parse_args(argv)
     keep_freed_memory()
     tp = get_parser()
     args = tp.parse_args(['--out', '/nonexistent/bench-engine'])   # the default recipe; nothing is written there
     _check(tp, args)
     device = torch.device('cpu')
+    t0 = time.perf_counter()
     dls, n_out = load_data(args, device)
+    decode = time.perf_counter() - t0
     if not 1 <= a.steps < len(dls.train): p.error(f'--steps {a.steps}: give 1 to {len(dls.train) - 1} (an epoch has {len(dls.train)} batches)')
     torch.manual_seed(0)
     learn = make_learner(args, dls, n_out, device)
     learn.model.to(memory_format=torch.channels_last)   # as ChannelsLastCB does in `fit`
     learn.create_opt()
     gf = round(sgemm_gflops(), 1)
-    rows = [measure(learn, dls.train, s, a.steps) for s in sorted(set(speed_plan(args)[0]))]
+    rows, shapes = zip(*[measure(learn, dls.train, s, a.steps) for s in sorted(set(speed_plan(args)[0]))])
     sizes, per_epoch = speed_plan(args)[0], len(dls.train)
     by = {r['size']: r for r in rows}
     run = {k: sum(by[s][k] for s in sizes) * per_epoch / 1000 for k in COLS}
     run['total_s'], run['batches'] = sum(run[k] for k in COLS), len(sizes) * per_epoch
     bwd_at_fwd = sum(by[s]['conv_bwd_ms'] - by[s]['conv_bwd_gflop'] / by[s]['conv_fwd_gflops'] * 1000 for s in sizes) * per_epoch / 1000
     fused = sum(by[s]['bn_relu_ms'] - FUSED_ADDS * by[s]['add_ms'] for s in sizes) * per_epoch / 1000
+    val = valid_s(learn, dls, speed_plan(args)[1], len(sizes))
     res = dict(machine=machine(), date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), sgemm_gflops=gf, steps=a.steps,
-               rows=rows, run={k: round(v, 1) for k, v in run.items()} | {'batches': run['batches']},
+               rows=list(rows), run={k: round(v, 1) for k, v in run.items()} | {'batches': run['batches']},
                headroom=dict(conv_bwd_at_fwd_rate_s=round(bwd_at_fwd, 1), bn_relu_fused_s=round(fused, 1),
-                             both_pct=round(100 * (bwd_at_fwd + fused) / run['total_s'], 1)))
+                             both_pct=round(100 * (bwd_at_fwd + fused) / run['total_s'], 1)),
+               whole_run=dict(decode_s=round(decode, 1), valid_s=round(val, 1), total_s=round(decode + run['total_s'] + val, 1)))
+    if not a.no_compile: res['compiled'] = compiled_bn_relu({r['size']: s for r, s in zip(rows, shapes)}, a.steps)
     print_table(res)
     save('bench/engine.py', res)
 
