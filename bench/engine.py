@@ -81,9 +81,9 @@ def bn_shapes(learn, xb):
     for h in hs: h.remove()
     return shapes
 
-def add_ms(learn, xb, n):
-    "Time of one `add` over tensors shaped as the inputs of every batch norm of the model (channels-last)"
-    ts = [torch.randn(s).contiguous(memory_format=torch.channels_last) for s in bn_shapes(learn, xb) for _ in range(3)]
+def add_ms(shapes, n):
+    "Time of one `add` over channels-last tensors of each of `shapes` (the inputs of the model's batch norms)"
+    ts = [torch.randn(s).contiguous(memory_format=torch.channels_last) for s in shapes for _ in range(3)]
     return median_ms(lambda: [torch.add(a, b, out=c) for a, b, c in zip(ts[0::3], ts[1::3], ts[2::3])], n)
 
 def measure(learn, dl, size, n):
@@ -112,12 +112,13 @@ def measure(learn, dl, size, n):
     total = sum(shares.values())
     ms = {k: fb * v / total for k, v in shares.items()}
     ff, fbk = conv_flops(learn, xb, yb)
-    adds = add_ms(learn, xb, n)
+    shapes = bn_shapes(learn, xb)
+    adds = add_ms(shapes, n)
     return dict(size=size, step_ms=round(fb + optim, 2), crops_ms=round(crops, 2), optimizer_ms=round(optim, 2),
                 **{f'{k}_ms': round(v, 2) for k, v in ms.items()},
                 conv_fwd_gflops=round(ff / ms['conv_fwd'] / 1e6, 1), conv_bwd_gflops=round(fbk / ms['conv_bwd'] / 1e6, 1),
                 conv_fwd_gflop=round(ff / 1e9, 3), conv_bwd_gflop=round(fbk / 1e9, 3),
-                add_ms=round(adds, 3), bn_relu_adds=round(ms['bn_relu'] / adds, 1), cores_busy=round(busy, 2)), bn_shapes(learn, xb)
+                add_ms=round(adds, 3), bn_relu_adds=round(ms['bn_relu'] / adds, 1), cores_busy=round(busy, 2)), shapes
 
 def bn_relu(x, w, b):
     "Batch norm in training mode (batch statistics), then ReLU: what most `ConvLayer`s of the model run after their convolution"
